@@ -1,0 +1,1 @@
+"""raytag: music audio auto-tagging at catalogue scale on Ray."""
