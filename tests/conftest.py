@@ -1,0 +1,38 @@
+"""Shared fixtures: real services on 127.0.0.1, started once per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.services import SeaweedS3
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
+    """Point this test's process at the S3 server through the environment only."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: SeaweedS3, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket for one test, as an ``s3://`` URI."""
+    import s3fs
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "".join(c for c in name if c.isalnum() or c == "-") + f"-{os.getpid() % 1000}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env.endpoint})
+    if not fs.exists(name):
+        fs.mkdir(name)
+    return f"s3://{name}"
