@@ -1,0 +1,68 @@
+"""Model registry: ``build_model(name, **overrides)`` in the style of timm.
+
+Presets are named variants of the same code. The ``-small`` presets keep every layer
+of the paper's models with fewer filters, for CPU demos and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from raytag.models.tagger import (
+    BackEndConfig,
+    SpectrogramConfig,
+    Tagger,
+    WaveformConfig,
+    spectrogram_tagger,
+    waveform_tagger,
+)
+
+_BUILDERS: dict[str, tuple[type[BackEndConfig], Callable[[Any], Tagger]]] = {
+    "spectrogram": (SpectrogramConfig, spectrogram_tagger),
+    "waveform": (WaveformConfig, waveform_tagger),
+}
+
+PRESETS: dict[str, BackEndConfig] = {
+    "spectrogram": SpectrogramConfig(),
+    "waveform": WaveformConfig(),
+    "spectrogram-small": SpectrogramConfig(num_filt=8, backend_filters=128, dense_units=200),
+    "waveform-small": WaveformConfig(
+        filters=(32, 32, 32, 64, 64, 64, 128), backend_filters=128, dense_units=200
+    ),
+}
+
+
+def list_models() -> list[str]:
+    return sorted(PRESETS)
+
+
+def build_model(name: str, **overrides: Any) -> Tagger:
+    """A freshly initialised model of preset ``name``; overrides replace config fields."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    base = PRESETS[name]
+    _, builder = _BUILDERS[type(base).arch]
+    return builder(replace(base, **overrides))
+
+
+def model_from_config(config: dict[str, Any]) -> Tagger:
+    """Rebuild a model from ``Tagger.config_dict()`` (plain data, e.g. read from JSON)."""
+    fields = dict(config)
+    arch = fields.pop("arch")
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_BUILDERS))}")
+    config_cls, builder = _BUILDERS[arch]
+    return builder(config_cls(**fields))
+
+
+__all__ = [
+    "PRESETS",
+    "SpectrogramConfig",
+    "Tagger",
+    "WaveformConfig",
+    "build_model",
+    "list_models",
+    "model_from_config",
+]

@@ -1,0 +1,67 @@
+"""Track-level prediction: patches in, averaged sigmoid scores and embeddings out.
+
+Patches of many tracks are run as one batch (that is what keeps a GPU busy), then
+averaged back per track, as the reference models do at test time.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raytag.config import AudioConfig
+from raytag.models.tagger import Tagger
+from raytag.patching import split_patches
+
+
+@dataclass(frozen=True)
+class TrackPrediction:
+    scores: np.ndarray  # (n_tags,) mean of patch sigmoids
+    embedding: np.ndarray  # (dense_units,) mean of patch embeddings
+    n_patches: int
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def predict_patches(
+    model: Tagger, patches: np.ndarray | torch.Tensor, batch_size: int = 64, bf16: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, samples) patches -> (sigmoid scores (n, n_tags), embeddings (n, dense_units)).
+
+    Runs in chunks of ``batch_size`` on the model's device; bf16 autocast on GPU only.
+    """
+    device = next(model.parameters()).device
+    patches = torch.as_tensor(patches, dtype=torch.float32)
+    scores, embeddings = [], []
+    for chunk in patches.split(batch_size):
+        with _autocast(device, bf16):
+            logits, embedding = model.embed(chunk.to(device, non_blocking=True))
+        scores.append(torch.sigmoid(logits.float()).cpu())
+        embeddings.append(embedding.float().cpu())
+    return torch.cat(scores).numpy(), torch.cat(embeddings).numpy()
+
+
+def average_by_track(values: np.ndarray, counts: np.ndarray | list[int]) -> np.ndarray:
+    """Mean of consecutive row groups: rows of track i are the next ``counts[i]`` rows."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.sum() != values.shape[0] or (counts < 1).any():
+        raise ValueError("counts must be positive and sum to the number of rows")
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(values, offsets, axis=0) / counts[:, None]
+
+
+def predict_track(
+    model: Tagger, waveform: np.ndarray, audio: AudioConfig, batch_size: int = 64
+) -> TrackPrediction:
+    """Score one decoded track (mono float32 at the model's rate) with the patch policy."""
+    patches = split_patches(waveform, audio.patch_samples, audio.max_patches)
+    scores, embeddings = predict_patches(model, patches, batch_size)
+    return TrackPrediction(scores.mean(axis=0), embeddings.mean(axis=0), len(patches))

@@ -1,0 +1,93 @@
+"""Whole models: features -> front-end -> back-end, waveform in, logits out.
+
+Each model has a small frozen config dataclass (plain data: it is stored beside the
+weights and rebuilds the model without pickling code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from raytag.models.backend import BackEnd
+from raytag.models.features import LogMel
+from raytag.models.frontends import SpectrogramFrontEnd, WaveformFrontEnd
+from raytag.models.layers import he_init
+
+
+@dataclass(frozen=True)
+class BackEndConfig:
+    """Settings of the shared back-end; every model config extends these."""
+
+    n_tags: int = 50
+    backend_filters: int = 512
+    dense_units: int = 500
+    dropout: float = 0.5
+    sample_rate: int = 16_000
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig(BackEndConfig):
+    arch: ClassVar[str] = "spectrogram"
+    num_filt: int = 16
+    n_mels: int = 96
+    n_fft: int = 512
+    hop_length: int = 256
+
+
+@dataclass(frozen=True)
+class WaveformConfig(BackEndConfig):
+    arch: ClassVar[str] = "waveform"
+    filters: tuple[int, ...] = (64, 64, 64, 128, 128, 128, 256)
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; keep the config hashable and exact.
+        object.__setattr__(self, "filters", tuple(self.filters))
+
+
+class Tagger(nn.Module):
+    """A front-end (with its features) and the shared back-end.
+
+    ``forward`` returns logits, so the same module trains with BCE-with-logits and
+    serves; ``embed`` also returns the penultimate embedding.
+    """
+
+    def __init__(self, config: BackEndConfig, features: nn.Module, frontend: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.features = features
+        self.frontend = frontend
+        self.backend = BackEnd(
+            frontend.out_channels,
+            config.n_tags,
+            filters=config.backend_filters,
+            dense_units=config.dense_units,
+            dropout=config.dropout,
+        )
+        self.apply(he_init)
+
+    @property
+    def arch(self) -> str:
+        return type(self.config).arch
+
+    def embed(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, samples) -> (logits (batch, n_tags), embedding (batch, dense_units))."""
+        return self.backend(self.frontend(self.features(waveform)))
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        return self.embed(waveform)[0]
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as plain data, with the architecture name to rebuild it."""
+        return {"arch": self.arch, **asdict(self.config)}
+
+
+def spectrogram_tagger(config: SpectrogramConfig) -> Tagger:
+    features = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+    return Tagger(config, features, SpectrogramFrontEnd(config.num_filt, config.n_mels))
+
+
+def waveform_tagger(config: WaveformConfig) -> Tagger:
+    return Tagger(config, nn.Identity(), WaveformFrontEnd(config.filters))

@@ -1,0 +1,166 @@
+"""Models: exact parameter counts, the shapes of models.md, features against librosa,
+any-length inputs, the registry and track-level prediction."""
+
+from __future__ import annotations
+
+import json
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from raytag.config import AudioConfig
+from raytag.models import PRESETS, build_model, list_models, model_from_config
+from raytag.models.inference import average_by_track, predict_patches, predict_track
+from raytag.patching import split_patches
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("spectrogram", 5_926_198), ("waveform", 5_379_126)]
+)
+def test_parameter_counts_match_reference_for_50_tags(name: str, expected: int) -> None:
+    assert n_params(build_model(name, n_tags=50)) == expected
+
+
+def test_spectrogram_parameter_count_follows_num_filt_and_tags() -> None:
+    base = n_params(build_model("spectrogram", n_tags=50))
+    assert n_params(build_model("spectrogram", n_tags=51)) == base + 501
+    assert n_params(build_model("spectrogram", num_filt=8)) < base
+
+
+def test_waveform_front_end_shapes() -> None:
+    frontend = build_model("waveform").frontend.eval()
+    assert frontend(torch.randn(2, 48_000)).shape == (2, 256, 20)
+    assert frontend(torch.randn(2, 59_049)).shape == (2, 256, 26)
+
+
+def test_spectrogram_shapes_through_every_stage() -> None:
+    model = build_model("spectrogram", n_tags=21).eval()
+    logmel = model.features(torch.randn(2, 48_000))
+    assert logmel.shape == (2, 1 + 48_000 // 256, 96)  # centred frames: 188 for 3 s
+    frames = model.frontend(torch.randn(2, 187, 96))  # the paper's 187-frame patch
+    assert frames.shape == (2, 464, 187)
+    timbral = [block(torch.randn(2, 187, 96)).shape[1] for block in model.frontend.timbral]
+    assert timbral == [16, 32, 64, 16, 32, 64]
+    logits, embedding = model.backend(frames)
+    assert logits.shape == (2, 21)
+    assert embedding.shape == (2, 500)
+
+
+@pytest.mark.parametrize("name", ["spectrogram-small", "waveform-small"])
+@pytest.mark.parametrize("n_samples", [48_000, 59_049, 160_000])
+def test_any_length_of_at_least_one_patch(name: str, n_samples: int) -> None:
+    model = build_model(name, n_tags=7).eval()
+    with torch.inference_mode():
+        logits, embedding = model.embed(torch.randn(3, n_samples))
+    assert logits.shape == (3, 7)
+    assert embedding.shape == (3, model.config.dense_units)
+    assert torch.isfinite(logits).all()
+
+
+def test_registry_builds_every_preset_and_rejects_unknown() -> None:
+    assert set(list_models()) >= {"spectrogram", "waveform"}
+    for name in list_models():
+        assert build_model(name, n_tags=3).eval()(torch.randn(1, 48_000)).shape == (1, 3)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet")
+    with pytest.raises(TypeError):
+        build_model("spectrogram", no_such_field=1)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_round_trips_through_json_and_rebuilds_same_model(name: str) -> None:
+    model = build_model(name, n_tags=5).eval()
+    config = json.loads(json.dumps(model.config_dict()))
+    rebuilt = model_from_config(config).eval()
+    assert rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 48_000)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_log_mel_matches_librosa() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * 16_000) / 16_000
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(t.size)
+    wave = wave.astype(np.float32)
+    power = librosa.feature.melspectrogram(
+        y=wave,
+        sr=16_000,
+        n_fft=512,
+        hop_length=256,
+        n_mels=96,
+        power=2.0,
+        center=True,
+        pad_mode="constant",
+        htk=False,
+        norm="slaney",
+    )
+    expected = np.log10(1 + 10_000 * power).T
+    ours = build_model("spectrogram").features(torch.from_numpy(wave)[None])[0].numpy()
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_every_parameter_learns() -> None:
+    """A few steps on a tiny batch: loss falls and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = build_model("spectrogram-small", n_tags=4, dropout=0.0)
+    x = torch.randn(8, 48_000)
+    y = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]] * 4, dtype=torch.float32)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        losses.append(loss.item())
+        optimiser.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_average_by_track() -> None:
+    values = np.arange(12, dtype=np.float32).reshape(6, 2)
+    out = average_by_track(values, [1, 3, 2])
+    np.testing.assert_allclose(out, [[0, 1], [4, 5], [9, 10]])
+    with pytest.raises(ValueError):
+        average_by_track(values, [2, 2])
+
+
+def test_predict_track_averages_patch_sigmoids_and_embeddings() -> None:
+    model = build_model("spectrogram-small", n_tags=6).eval()
+    audio = AudioConfig(patch_seconds=1.0)
+    wave = np.random.default_rng(1).standard_normal(16_000 * 5 + 123).astype(np.float32)
+    prediction = predict_track(model, wave, audio, batch_size=2)
+    assert prediction.n_patches == 5
+    with torch.inference_mode():
+        patches = torch.from_numpy(split_patches(wave, 16_000, None))
+        logits, embedding = model.embed(patches)
+    np.testing.assert_allclose(prediction.scores, torch.sigmoid(logits).mean(0), atol=1e-5)
+    np.testing.assert_allclose(prediction.embedding, embedding.mean(0), atol=1e-4)
+    assert ((prediction.scores >= 0) & (prediction.scores <= 1)).all()
+
+
+def test_batching_does_not_change_predictions() -> None:
+    model = build_model("waveform-small", n_tags=3).eval()
+    patches = np.random.default_rng(2).standard_normal((5, 48_000)).astype(np.float32)
+    one, emb_one = predict_patches(model, patches, batch_size=1)
+    all_, emb_all = predict_patches(model, patches, batch_size=64)
+    np.testing.assert_allclose(one, all_, atol=1e-5)
+    np.testing.assert_allclose(emb_one, emb_all, atol=1e-4)
+
+
+def test_long_track_policy_k_evenly_spaced() -> None:
+    model = build_model("spectrogram-small", n_tags=2).eval()
+    wave = np.zeros(16_000 * 60, dtype=np.float32)
+    assert predict_track(model, wave, AudioConfig(max_patches=4)).n_patches == 4
+    assert predict_track(model, wave, AudioConfig()).n_patches == 20
+    short = np.ones(20_000, dtype=np.float32)
+    assert predict_track(model, short, AudioConfig()).n_patches == 1
