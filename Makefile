@@ -1,0 +1,53 @@
+# Set-up and everyday commands. Every target sets up what it needs first, so on a fresh
+# machine `make demo` or `make test` is the only step. Re-running is fast: apt is skipped
+# when its packages are present and pip only runs when pyproject.toml or constraints.txt change.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont singularity-music asc-music
+PY_DIRS := $(wildcard raytag jobs tests bench)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages test lint format demo lock clean
+
+setup: system-packages $(VENV)/.installed
+
+# ffmpeg: decoding (torchcodec loads its libraries); fluidsynth + soundfonts: the labelled
+# demo catalogue; singularity-music, asc-music: real, openly licensed music for tests and demo.
+system-packages:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+		echo "installing system packages: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+
+format: setup
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
+
+test: lint
+	$(BIN)/pytest -q
+
+# Until the full demo lands: the smallest real end-to-end run (decode real music, run a model).
+demo: setup
+	$(BIN)/raytag models
+	$(BIN)/raytag decode /usr/share/games/singularity/music/*.ogg --max-patches 4
+
+# Refresh the pinned set after changing dependencies.
+lock: setup
+	$(BIN)/pip freeze --exclude-editable | grep -v '^raytag' > constraints.lock.tmp
+	@{ sed -n '/^#/p' constraints.txt; cat constraints.lock.tmp; } > constraints.txt && rm constraints.lock.tmp
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
