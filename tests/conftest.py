@@ -36,3 +36,22 @@ def s3_bucket(s3_env: SeaweedS3, request: pytest.FixtureRequest) -> str:
     if not fs.exists(name):
         fs.mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray cluster for the whole session, in this process (2 CPUs, loopback).
+
+    ``address="local"`` forces a new cluster even when a `ray start` head is running.
+    """
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    yield
+    ray.shutdown()
