@@ -1,0 +1,277 @@
+"""Audio files (any URI) to float32 mono waveforms and fixed-length patches.
+
+torchcodec decodes, resamples and downmixes inside FFmpeg, so an 8-channel 96 kHz
+file never exists in memory at full size. Local files go to FFmpeg as paths; remote
+ones as fsspec file objects that FFmpeg reads and seeks on demand, never as a whole
+download. With ``max_patches`` set and a duration in the header, only the K patch
+windows are decoded, which bounds time and memory for hour-long tracks.
+
+Every failure of one file surfaces as :class:`AudioError` with a stable code, so a
+batch job can record it next to the URI and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from torchcodec.decoders import AudioDecoder
+
+from raytag.config import SAMPLE_RATE, AudioConfig
+from raytag.patching import patch_starts, split_patches
+from raytag.storage import filesystem, is_local, local_path
+
+__all__ = [
+    "AudioError",
+    "AudioErrorCode",
+    "DecodedTrack",
+    "decode",
+    "decode_patches",
+    "patch_starts",
+]
+
+# A last window may come back this much short of a full patch (header durations of
+# MP3/AAC are estimates) and is zero-padded; anything shorter means the header lied.
+_WINDOW_SLACK_S = 0.25
+
+
+class AudioErrorCode(StrEnum):
+    """Why a file could not become a waveform. The values are stored in job outputs."""
+
+    NOT_FOUND = "not_found"
+    EMPTY = "empty"
+    UNDECODABLE = "undecodable"
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    NON_FINITE = "non_finite"
+    READ_FAILED = "read_failed"
+
+
+class AudioError(Exception):
+    """One file's failure: a machine-readable ``code`` and a human ``message``."""
+
+    def __init__(self, code: AudioErrorCode | str, message: str) -> None:
+        # Both in args so the exception pickles across Ray workers unchanged.
+        super().__init__(AudioErrorCode(code), message)
+        self.code = AudioErrorCode(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DecodedTrack:
+    patches: np.ndarray  # (n_patches, patch_samples) float32
+    duration_s: float  # the whole track, not just the decoded windows
+
+
+def decode(
+    uri: str, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | None = None
+) -> np.ndarray:
+    """The whole track as float32 mono at ``sample_rate``.
+
+    ``max_seconds`` rejects longer tracks from the header duration before decoding, or,
+    when the header has none, stops decoding as soon as the limit is passed.
+    """
+    _check_rate(sample_rate)
+    with _open_decoder(uri, sample_rate) as decoder:
+        header = _header_duration(decoder)
+        _check_too_long(uri, header, max_seconds)
+        wave = _decode_all(uri, decoder, sample_rate, max_seconds)
+    _check_finite(uri, wave)
+    return wave
+
+
+def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
+    """The track's patches under ``config``'s policy (see :func:`patch_starts`).
+
+    With ``max_patches`` set and a header duration, only those K windows are decoded.
+    """
+    rate, size, k = config.sample_rate, config.patch_samples, config.max_patches
+    with _open_decoder(uri, rate) as decoder:
+        header = _header_duration(decoder)
+        _check_too_long(uri, header, config.max_seconds)
+        n_header = int(header * rate) if header is not None else 0
+        patches, duration = None, header
+        if k is not None and n_header // size > k:
+            patches = _decode_windows(decoder, patch_starts(n_header, size, k), size, rate)
+        if patches is None:  # no header duration, few patches anyway, or a wrong header
+            wave = _decode_all(uri, decoder, rate, config.max_seconds)
+            duration = wave.shape[0] / rate
+            if duration < config.min_seconds:
+                raise AudioError(
+                    AudioErrorCode.TOO_SHORT,
+                    f"{uri}: {duration:.2f} s is shorter than {config.min_seconds} s",
+                )
+            patches = split_patches(wave, size, k)
+    _check_finite(uri, patches)
+    return DecodedTrack(patches=patches, duration_s=float(duration))
+
+
+# -- opening -------------------------------------------------------------------------
+
+
+@contextmanager
+def _open_decoder(uri: str, sample_rate: int) -> Iterator[AudioDecoder]:
+    """A mono decoder at ``sample_rate``; any failure inside the block becomes AudioError."""
+    remote: _RemoteFile | None = None
+    try:
+        if is_local(uri):
+            yield _decoder(_checked_local_path(uri), sample_rate)
+        else:
+            with _open_remote(uri) as remote:
+                yield _decoder(remote, sample_rate)
+    except AudioError:
+        raise
+    except Exception as err:
+        # FFmpeg may re-raise a failed read as its own error: the read's cause wins.
+        if remote is not None and remote.failure is not None:
+            raise remote.failure from err
+        raise _classify(uri, err) from err
+
+
+def _decoder(source: Any, sample_rate: int) -> AudioDecoder:
+    return AudioDecoder(source, sample_rate=sample_rate, num_channels=1)
+
+
+def _checked_local_path(uri: str) -> str:
+    """Find missing, empty and unreadable files here: FFmpeg's messages blur these cases."""
+    path = os.path.abspath(local_path(uri))  # absolute: FFmpeg reads "name:" as a protocol
+    info = os.stat(path)
+    if info.st_size == 0 and stat.S_ISREG(info.st_mode):
+        raise AudioError(AudioErrorCode.EMPTY, f"{uri}: zero-byte file")
+    with open(path, "rb"):  # PermissionError, IsADirectoryError -> read_failed
+        pass
+    return path
+
+
+@contextmanager
+def _open_remote(uri: str) -> Iterator[_RemoteFile]:
+    try:
+        fs, path = filesystem(uri)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise AudioError(AudioErrorCode.READ_FAILED, f"{uri}: is a directory")
+        if info.get("size") == 0:
+            raise AudioError(AudioErrorCode.EMPTY, f"{uri}: zero-byte file")
+        handle = fs.open(path, "rb")
+    except (AudioError, FileNotFoundError):
+        raise
+    except Exception as err:  # credentials, network, bucket errors: all I/O
+        raise AudioError(AudioErrorCode.READ_FAILED, f"{uri}: {_reason(err)}") from err
+    with handle:
+        yield _RemoteFile(uri, handle)
+
+
+class _RemoteFile:
+    """The read/seek object FFmpeg pulls from; remembers I/O failures as read_failed."""
+
+    def __init__(self, uri: str, handle: Any) -> None:
+        self._uri = uri
+        self._handle = handle
+        self.failure: AudioError | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        return self._io(self._handle.read, size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._io(self._handle.seek, offset, whence)
+
+    def _io(self, method: Any, *args: int) -> Any:
+        try:
+            return method(*args)
+        except Exception as err:
+            self.failure = AudioError(AudioErrorCode.READ_FAILED, f"{self._uri}: {_reason(err)}")
+            raise self.failure from err
+
+
+def _classify(uri: str, err: Exception) -> AudioError:
+    reason = _reason(err)
+    if isinstance(err, FileNotFoundError | NotADirectoryError):
+        return AudioError(AudioErrorCode.NOT_FOUND, f"{uri}: not found")
+    if isinstance(err, OSError):
+        return AudioError(AudioErrorCode.READ_FAILED, f"{uri}: {reason}")
+    if "No audio frames were decoded" in reason:  # torchcodec on a header-only file
+        return AudioError(AudioErrorCode.EMPTY, f"{uri}: no audio samples")
+    return AudioError(AudioErrorCode.UNDECODABLE, f"{uri}: {reason}")
+
+
+def _reason(err: BaseException) -> str:
+    """The useful tail of an error (torchcodec prefixes its C++ source location)."""
+    text = str(err) or type(err).__name__
+    if ".cpp:" in text:  # "function, /path/File.cpp:123, message"
+        text = text.rsplit(".cpp:", 1)[1].split(", ", 1)[-1]
+    return text.strip()
+
+
+# -- decoding ------------------------------------------------------------------------
+
+
+def _header_duration(decoder: AudioDecoder) -> float | None:
+    duration = decoder.metadata.duration_seconds_from_header
+    return float(duration) if duration and duration > 0 else None
+
+
+def _begin(decoder: AudioDecoder) -> float:
+    """Stream start time; MP3 starts after the encoder delay, not at 0."""
+    return float(decoder.metadata.begin_stream_seconds_from_header or 0.0)
+
+
+def _samples(decoder: AudioDecoder, start: float, stop: float | None) -> np.ndarray:
+    data = decoder.get_samples_played_in_range(start, stop).data
+    return np.ascontiguousarray(data[0].numpy(), dtype=np.float32)
+
+
+def _decode_all(
+    uri: str, decoder: AudioDecoder, sample_rate: int, max_seconds: float | None
+) -> np.ndarray:
+    """Decode from the start; with a limit, stop one sample past it."""
+    begin = _begin(decoder)
+    limit = None if max_seconds is None else int(max_seconds * sample_rate)
+    wave = _samples(decoder, begin, None if limit is None else begin + (limit + 1) / sample_rate)
+    if wave.size == 0:
+        raise AudioError(AudioErrorCode.EMPTY, f"{uri}: no audio samples")
+    if limit is not None and wave.shape[0] > limit:
+        raise AudioError(AudioErrorCode.TOO_LONG, f"{uri}: longer than {max_seconds} s")
+    return wave
+
+
+def _decode_windows(
+    decoder: AudioDecoder, starts: np.ndarray, size: int, rate: int
+) -> np.ndarray | None:
+    """Only the windows at ``starts``; None when one comes back short (header was wrong)."""
+    begin = _begin(decoder)
+    patches = np.zeros((len(starts), size), dtype=np.float32)
+    for row, start in enumerate(starts):
+        try:
+            window = _samples(decoder, begin + start / rate, begin + (start + size) / rate)
+        except RuntimeError:  # past the real end, or damage: let the full decode decide
+            return None
+        if window.shape[0] < size - _WINDOW_SLACK_S * rate:
+            return None
+        patches[row, : min(size, window.shape[0])] = window[:size]
+    return patches
+
+
+def _check_rate(sample_rate: int) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+
+
+def _check_too_long(uri: str, header: float | None, max_seconds: float | None) -> None:
+    if max_seconds is not None and header is not None and header > max_seconds:
+        raise AudioError(
+            AudioErrorCode.TOO_LONG, f"{uri}: {header:.1f} s is longer than {max_seconds} s"
+        )
+
+
+def _check_finite(uri: str, samples: np.ndarray) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioError(AudioErrorCode.NON_FINITE, f"{uri}: NaN or infinite samples")
