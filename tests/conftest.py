@@ -55,3 +55,23 @@ def ray_local() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real MLflow tracking server (mlflow/serve.sh, sqlite, local artifacts) on 127.0.0.1."""
+    from tests.mlflow_service import MLflowServer
+
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point this test's MLflow client at the server through MLFLOW_TRACKING_URI only."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    yield mlflow_server.uri
+    mlflow.end_run()  # a failed test must not leave its run active for the next one

@@ -1,0 +1,255 @@
+"""Evaluation: track-level scores over whole tracks, ROC-AUC and PR-AUC per tag and macro.
+
+Metrics follow the auto-tagging literature (MagnaTagATune, MSD): each tag is a binary
+problem scored with scikit-learn's ``roc_auc_score`` and ``average_precision_score``
+(PR-AUC), and the macro figure is their unweighted mean over tags. A tag whose ground
+truth has no positives or no negatives has no defined AUC: it is reported as null with
+the reason and left out of the macro mean, never an error, since small test splits of a
+21-tag vocabulary often miss a tag.
+
+Tracks are scored as tagging would serve them, but over the whole track: every patch of
+every track (``max_patches=None``), sigmoid outputs averaged per track. A track that does
+not decode is listed under ``errors`` with its code and left out of the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from raytag.audio import AudioError, decode_patches
+from raytag.checkpoint import LoadedModel
+from raytag.config import AudioConfig
+from raytag.models.inference import predict_patches
+from raytag.storage import arrow_filesystem
+
+PLOT_FILES = ("per_tag_roc_auc.png", "per_tag_pr_auc.png", "roc_curves.png", "pr_curves.png")
+
+
+@dataclass(frozen=True)
+class TrackScores:
+    """Ground truth and model scores of the tracks that decoded, row-aligned."""
+
+    track_ids: list[str]
+    y_true: np.ndarray  # (tracks, tags) 0/1
+    y_score: np.ndarray  # (tracks, tags) mean patch sigmoid
+    errors: list[dict[str, str]]  # {"track_id", "uri", "error_code", "message"}
+    unknown_tags: list[str]  # manifest tags outside the model's vocabulary
+
+
+def read_labelled_tracks(manifest_uri: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows ``{track_id, uri, tags}`` of a Parquet manifest (local or s3), of one split if given."""
+    fs, path = arrow_filesystem(manifest_uri)
+    table = pq.read_table(
+        path,
+        filesystem=fs,
+        columns=["track_id", "uri", "tags"],
+        filters=[("split", "==", split)] if split else None,
+    )
+    return table.to_pylist()
+
+
+def score_tracks(
+    loaded: LoadedModel,
+    manifest_uri: str,
+    split: str | None = None,
+    audio: AudioConfig | None = None,
+    batch_size: int = 64,
+) -> TrackScores:
+    """Decode and score every track of the manifest (or split), one after another."""
+    audio = audio or replace(loaded.audio, max_patches=None)
+    index = {tag: i for i, tag in enumerate(loaded.vocabulary)}
+    ids, truth, scores, errors, unknown = [], [], [], [], set()
+    for row in read_labelled_tracks(manifest_uri, split):
+        try:
+            patches = decode_patches(row["uri"], audio).patches
+        except AudioError as error:
+            errors.append(
+                {
+                    "track_id": row["track_id"],
+                    "uri": row["uri"],
+                    "error_code": str(error.code),
+                    "message": error.message,
+                }
+            )
+            continue
+        labels = np.zeros(len(index), dtype=np.int8)
+        for tag in row["tags"] or []:
+            if tag in index:
+                labels[index[tag]] = 1
+            else:
+                unknown.add(tag)
+        ids.append(row["track_id"])
+        truth.append(labels)
+        scores.append(predict_patches(loaded.model, patches, batch_size)[0].mean(axis=0))
+    n_tags = len(index)
+    return TrackScores(
+        track_ids=ids,
+        y_true=np.array(truth, dtype=np.int8).reshape(-1, n_tags),
+        y_score=np.array(scores, dtype=np.float32).reshape(-1, n_tags),
+        errors=errors,
+        unknown_tags=sorted(unknown),
+    )
+
+
+def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[str]) -> dict:
+    """Per-tag and macro ROC-AUC / PR-AUC; JSON-ready (undefined values are None)."""
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if y_true.shape != y_score.shape or y_true.shape[1:] != (len(vocabulary),):
+        raise ValueError(
+            f"y_true {y_true.shape} and y_score {y_score.shape} must both be "
+            f"(tracks, {len(vocabulary)})"
+        )
+    per_tag = []
+    for i, tag in enumerate(vocabulary):
+        truth = y_true[:, i] > 0
+        positives = int(truth.sum())
+        negatives = int(truth.size - positives)
+        row = {
+            "tag": tag,
+            "n_positive": positives,
+            "n_negative": negatives,
+            "roc_auc": None,
+            "pr_auc": None,
+            "reason": None,
+        }
+        if positives == 0:
+            row["reason"] = "no positive tracks"
+        elif negatives == 0:
+            row["reason"] = "no negative tracks"
+        else:
+            row["roc_auc"] = float(roc_auc_score(truth, y_score[:, i]))
+            row["pr_auc"] = float(average_precision_score(truth, y_score[:, i]))
+        per_tag.append(row)
+    scored = [row for row in per_tag if row["roc_auc"] is not None]
+    return {
+        "macro_roc_auc": _mean([row["roc_auc"] for row in scored]),
+        "macro_pr_auc": _mean([row["pr_auc"] for row in scored]),
+        "n_tracks": int(y_true.shape[0]),
+        "n_tags": len(vocabulary),
+        "n_tags_scored": len(scored),
+        "per_tag": per_tag,
+    }
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    manifest_uri: str,
+    split: str | None = None,
+    audio: AudioConfig | None = None,
+    *,
+    plots_dir: str | Path | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Score the manifest's tracks and compute the metrics; with ``plots_dir``, also write
+    the plots there and list their paths under ``"plots"``."""
+    tracks = score_tracks(loaded, manifest_uri, split, audio, batch_size)
+    metrics = compute_metrics(tracks.y_true, tracks.y_score, loaded.vocabulary)
+    metrics.update(
+        model={"name": loaded.name, "version": loaded.version},
+        manifest=manifest_uri,
+        split=split,
+        errors=tracks.errors,
+        unknown_tags=tracks.unknown_tags,
+    )
+    if plots_dir is not None:
+        paths = write_plots(metrics, tracks.y_true, tracks.y_score, plots_dir)
+        metrics["plots"] = [str(path) for path in paths]
+    return metrics
+
+
+def write_metrics(metrics: dict, path: str | Path) -> Path:
+    """The metrics as strict JSON (no NaN: undefined values are already null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_plots(
+    metrics: dict, y_true: np.ndarray, y_score: np.ndarray, folder: str | Path
+) -> list[Path]:
+    """Per-tag ROC-AUC and PR-AUC bars, ROC and PR curves of the scored tags, as PNGs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    per_tag = metrics["per_tag"]
+    paths = [
+        _bar_chart(per_tag, "roc_auc", metrics["macro_roc_auc"], "ROC-AUC", folder / PLOT_FILES[0]),
+        _bar_chart(per_tag, "pr_auc", metrics["macro_pr_auc"], "PR-AUC", folder / PLOT_FILES[1]),
+    ]
+    scored = [(i, row) for i, row in enumerate(per_tag) if row["roc_auc"] is not None]
+    paths.append(_curves(scored, y_true, y_score, "roc", folder / PLOT_FILES[2]))
+    paths.append(_curves(scored, y_true, y_score, "pr", folder / PLOT_FILES[3]))
+    return paths
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _bar_chart(per_tag: list[dict], key: str, macro: float | None, label: str, path: Path) -> Path:
+    tags = [row["tag"] for row in per_tag]
+    values = [row[key] if row[key] is not None else 0.0 for row in per_tag]  # labelled n/a
+    fig = Figure(figsize=(8, 0.28 * len(tags) + 2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(tags, values, color="tab:blue")
+    for y, row in enumerate(per_tag):
+        if row[key] is None:
+            ax.text(0.01, y, f"n/a ({row['reason']})", va="center", fontsize=7, color="gray")
+    if macro is not None:
+        ax.axvline(macro, color="tab:red", linestyle="--", label=f"macro {macro:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(tags) - 0.5, -0.5)  # vocabulary order, top to bottom
+    ax.set_xlabel(label)
+    ax.set_title(f"{label} per tag")
+    return _save(fig, path)
+
+
+def _curves(
+    scored: list[tuple[int, dict]], y_true: np.ndarray, y_score: np.ndarray, kind: str, path: Path
+) -> Path:
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    colours = colormaps["tab20"].colors
+    for k, (i, row) in enumerate(scored):
+        truth, score = np.asarray(y_true)[:, i] > 0, np.asarray(y_score)[:, i]
+        if kind == "roc":
+            x, y, _ = roc_curve(truth, score)
+            value = row["roc_auc"]
+        else:
+            y, x, _ = precision_recall_curve(truth, score)
+            value = row["pr_auc"]
+        style = {"color": colours[k % 20], "linestyle": ("-", "--", ":")[k // 20 % 3]}
+        ax.plot(x, y, linewidth=1, label=f"{row['tag']} ({value:.2f})", **style)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves")
+    else:
+        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curves")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    if not scored:
+        ax.text(0.5, 0.5, "no tag has both classes", ha="center", color="gray")
+    elif len(scored) <= 25:
+        ax.legend(fontsize=6, loc="lower right" if kind == "roc" else "lower left", ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """A bare Figure renders with Agg: no pyplot state, no display, safe in Ray workers."""
+    fig.savefig(path, dpi=100)
+    return path

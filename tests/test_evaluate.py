@@ -1,0 +1,212 @@
+"""evaluate: metrics on hand-computable cases, plots, and whole-track evaluation of a manifest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from raytag.checkpoint import LoadedModel, save_model
+from raytag.cli import main
+from raytag.config import AudioConfig
+from raytag.evaluate import (
+    PLOT_FILES,
+    compute_metrics,
+    evaluate_model,
+    read_labelled_tracks,
+    write_plots,
+)
+from raytag.models import build_model
+
+VOCABULARY = ["tone", "noise", "never"]
+
+
+def test_perfect_and_inverted_scores() -> None:
+    y_true = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    perfect = compute_metrics(y_true, y_true.astype(float), ["a", "b"])
+    assert perfect["macro_roc_auc"] == 1.0 and perfect["macro_pr_auc"] == 1.0
+
+    # Every negative above every positive, no ties: positives come 3rd and 4th, so
+    # precision is 1/3 at recall 0.5 and 2/4 at recall 1.
+    ranks = np.array([[0.1, 0.9], [0.9, 0.1], [0.2, 0.8], [0.8, 0.2]])
+    inverted = compute_metrics(y_true, ranks, ["a", "b"])
+    assert inverted["macro_roc_auc"] == 0.0
+    assert inverted["macro_pr_auc"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+    mixed = compute_metrics(y_true, np.stack([y_true[:, 0], 1 - y_true[:, 1]], 1), ["a", "b"])
+    assert mixed["macro_roc_auc"] == pytest.approx(0.5)
+    assert [row["roc_auc"] for row in mixed["per_tag"]] == [1.0, 0.0]
+
+
+def test_tags_without_both_classes_are_null_with_a_reason() -> None:
+    y_true = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]])
+    y_score = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.8, 0.2, 0.5]])
+    metrics = compute_metrics(y_true, y_score, ["a", "none", "all"])
+    rows = {row["tag"]: row for row in metrics["per_tag"]}
+    assert rows["none"] == {
+        "tag": "none",
+        "n_positive": 0,
+        "n_negative": 3,
+        "roc_auc": None,
+        "pr_auc": None,
+        "reason": "no positive tracks",
+    }
+    assert rows["all"]["reason"] == "no negative tracks" and rows["all"]["roc_auc"] is None
+    assert rows["a"]["reason"] is None
+    assert metrics["macro_roc_auc"] == 1.0  # only "a" counts
+    assert (metrics["n_tracks"], metrics["n_tags"], metrics["n_tags_scored"]) == (3, 3, 1)
+
+    empty = compute_metrics(np.zeros((0, 2)), np.zeros((0, 2)), ["a", "b"])
+    assert empty["macro_roc_auc"] is None and empty["macro_pr_auc"] is None
+    json.dumps(empty, allow_nan=False)
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="must both be"):
+        compute_metrics(np.zeros((3, 2)), np.zeros((3, 2)), ["a", "b", "c"])
+
+
+@pytest.mark.filterwarnings("error")  # layout warnings mean unreadable plots
+def test_plots_are_valid_pngs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(20, 3))
+    y_true[:, 2] = 0  # one tag without positives still gets a bar labelled n/a
+    y_score = rng.random((20, 3))
+    metrics = compute_metrics(y_true, y_score, ["a", "b", "c"])
+    paths = write_plots(metrics, y_true, y_score, tmp_path / "plots")
+    assert [p.name for p in paths] == list(PLOT_FILES)
+    for path in paths:
+        assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        height, width, _ = imread(path).shape
+        assert height > 100 and width > 100
+
+    nothing = np.zeros((0, 3))  # no track decoded: still four (empty) plots, no error
+    empty = compute_metrics(nothing, nothing, ["a", "b", "c"])
+    assert len(write_plots(empty, nothing, nothing, tmp_path / "empty")) == 4
+
+
+# -- whole-track evaluation ------------------------------------------------------------
+
+
+def _ffmpeg(source: str, path: Path) -> str:
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-ar", "16000", str(path)],
+        check=True,
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Sine and noise tracks of a few seconds, one empty file, a manifest with two splits."""
+    folder = tmp_path_factory.mktemp("catalogue")
+    rows = [
+        ("sine-a", _ffmpeg("sine=frequency=440:duration=7", folder / "a.wav"), ["tone"], "test"),
+        ("noise-b", _ffmpeg("anoisesrc=duration=4:seed=1", folder / "b.flac"), ["noise"], "test"),
+        (
+            "both-c",
+            _ffmpeg("sine=frequency=220:duration=2", folder / "c.wav"),
+            ["tone", "noise", "not-in-vocabulary"],
+            "test",
+        ),
+        ("empty-d", str(folder / "d.wav"), ["tone"], "test"),
+        ("train-e", _ffmpeg("sine=frequency=880:duration=4", folder / "e.wav"), ["tone"], "train"),
+    ]
+    (folder / "d.wav").touch()
+    table = pa.table(
+        {
+            "track_id": [r[0] for r in rows],
+            "uri": [r[1] for r in rows],
+            "tags": pa.array([r[2] for r in rows], pa.list_(pa.string())),
+            "split": [r[3] for r in rows],
+            "extras": ["{}"] * len(rows),
+        }
+    )
+    manifest = folder / "manifest.parquet"
+    pq.write_table(table, manifest)
+    model_dir = folder / "model"
+    model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
+    save_model(model_dir, model, VOCABULARY, AudioConfig(max_patches=1), name="untrained")
+    return {"manifest": str(manifest), "model": str(model_dir)}
+
+
+def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path: Path) -> None:
+    model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
+    loaded = LoadedModel(model, VOCABULARY, AudioConfig(max_patches=1), "untrained", "0")
+    metrics = evaluate_model(loaded, catalogue["manifest"], split="test", plots_dir=tmp_path)
+
+    assert {"macro_roc_auc", "macro_pr_auc", "per_tag", "errors", "plots"} <= metrics.keys()
+    assert metrics["n_tracks"] == 3  # 4 test rows, one does not decode; train is left out
+    assert [row["tag"] for row in metrics["per_tag"]] == VOCABULARY
+    assert set(metrics["per_tag"][0]) == {
+        "tag",
+        "n_positive",
+        "n_negative",
+        "roc_auc",
+        "pr_auc",
+        "reason",
+    }
+    tone, noise, never = metrics["per_tag"]
+    assert (tone["n_positive"], tone["n_negative"]) == (2, 1)
+    assert (noise["n_positive"], noise["n_negative"]) == (2, 1)
+    assert never["roc_auc"] is None and never["reason"] == "no positive tracks"
+    assert 0.0 <= metrics["macro_roc_auc"] <= 1.0
+    assert [e["track_id"] for e in metrics["errors"]] == ["empty-d"]
+    assert metrics["errors"][0]["error_code"] == "empty"
+    assert metrics["unknown_tags"] == ["not-in-vocabulary"]
+    assert metrics["model"] == {"name": "untrained", "version": "0"}
+    assert sorted(Path(p).name for p in metrics["plots"]) == sorted(PLOT_FILES)
+    json.dumps(metrics, allow_nan=False)
+
+    assert len(read_labelled_tracks(catalogue["manifest"])) == 5  # no split: every row
+
+
+def test_cli_writes_metrics_json(catalogue: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "out" / "metrics.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            catalogue["model"],
+            "--manifest",
+            catalogue["manifest"],
+            "--split",
+            "test",
+            "--output",
+            str(output),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(output.read_text())
+    assert metrics["n_tracks"] == 3 and len(metrics["per_tag"]) == len(VOCABULARY)
+    assert metrics["model"]["name"] == "untrained"
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(PLOT_FILES)
+    assert "macro_roc_auc" in result.output
+
+
+def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> None:
+    from raytag.storage import filesystem
+
+    fs, root = filesystem(s3_bucket)
+    rows = pq.read_table(catalogue["manifest"], filters=[("split", "==", "test")]).to_pylist()
+    rows = [row for row in rows if row["track_id"] != "empty-d"]
+    for row in rows:
+        fs.put(row["uri"], f"{root}/audio/{Path(row['uri']).name}")
+        row["uri"] = f"{s3_bucket}/audio/{Path(row['uri']).name}"
+    with fs.open(f"{root}/manifest.parquet", "wb") as out:
+        pq.write_table(pa.Table.from_pylist(rows), out)
+
+    model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
+    loaded = LoadedModel(model, VOCABULARY, AudioConfig(), "untrained", "0")
+    metrics = evaluate_model(loaded, f"{s3_bucket}/manifest.parquet", split="test")
+    assert metrics["n_tracks"] == 3 and metrics["errors"] == []
