@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -58,6 +59,260 @@ def decode_command(
             }
         click.echo(json.dumps(record))
     if failures:
+        raise SystemExit(1)
+
+
+# -- evaluation and the model registry (raytag.evaluate, raytag.registry) -------------
+
+
+@main.command("evaluate")
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
+@click.option("--manifest", required=True, help="Parquet manifest (local or s3://).")
+@click.option("--output", required=True, type=click.Path(), help="Where to write metrics.json.")
+@click.option("--split", default=None, help="Only this split (train, valid, test).")
+@click.option("--plots", "plots_dir", type=click.Path(), default=None, help="Write PNGs here.")
+@click.option("--batch-size", default=64, show_default=True, help="Patches per forward pass.")
+@click.option("--device", default="cpu", show_default=True)
+def evaluate_command(
+    model_uri: str,
+    manifest: str,
+    output: str,
+    split: str | None,
+    plots_dir: str | None,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Score whole tracks of a labelled manifest; write per-tag and macro ROC-AUC / PR-AUC."""
+    from raytag.evaluate import evaluate_model, write_metrics
+    from raytag.registry import load
+
+    loaded = load(model_uri, device=device)
+    metrics = evaluate_model(
+        loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size
+    )
+    write_metrics(metrics, output)
+    summary = {k: metrics[k] for k in ("macro_roc_auc", "macro_pr_auc", "n_tracks")}
+    click.echo(json.dumps({**summary, "errors": len(metrics["errors"]), "output": output}))
+
+
+@main.group("registry")
+def registry_group() -> None:
+    """Registered models in MLflow (server from MLFLOW_TRACKING_URI)."""
+
+
+@registry_group.command("log")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, help="Registered model name.")
+@click.option("--alias", default=None, help="Alias to point at the new version.")
+@click.option("--experiment", default=None, help="Experiment of the run (default: Default).")
+def registry_log_command(folder: str, name: str, alias: str | None, experiment: str | None) -> None:
+    """Log a local model folder in a new run and register it as a new version of NAME."""
+    from raytag.registry import register_folder
+
+    info = register_folder(folder, name, alias=alias, experiment=experiment)
+    click.echo(f"{name} version {info.registered_model_version} ({info.model_uri})")
+
+
+@registry_group.command("alias")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("alias")
+def registry_alias_command(name: str, version: int, alias: str) -> None:
+    """Point models:/NAME@ALIAS at VERSION."""
+    from raytag.registry import set_alias
+
+    set_alias(name, version, alias)
+    click.echo(f"models:/{name}@{alias} -> version {version}")
+
+
+@registry_group.command("list")
+@click.argument("name", required=False)
+def registry_list_command(name: str | None) -> None:
+    """Registered versions, newest first, with their aliases."""
+    from raytag.registry import list_versions
+
+    for row in list_versions(name):
+        aliases = ",".join(row["aliases"]) or "-"
+        click.echo(f"{row['name']}\t{row['version']}\t{aliases}\t{row['run_id'] or '-'}")
+
+
+# -- training (raytag.train) ----------------------------------------------------------
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON (numbers, lists)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--set")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+@main.command("train")
+@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@click.option("--model", default="spectrogram-small", show_default=True, help="Model preset.")
+@click.option("--set", "overrides", multiple=True, help="Model config override key=value.")
+@click.option(
+    "--vocabulary",
+    default=None,
+    help="'demo' (the demo catalogue's 21 tags), a JSON list file, or unset for the "
+    "sorted tags of the manifest.",
+)
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=1e-3, show_default=True)
+@click.option("--early-stopping-patience", default=5, show_default=True)
+@click.option("--patches-per-track", default=1, show_default=True)
+@click.option("--num-workers", default=1, show_default=True, help="Ray Train workers.")
+@click.option(
+    "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
+)
+@click.option(
+    "--storage-path", default="runs", show_default=True, help="Checkpoints (local or s3://)."
+)
+@click.option(
+    "--run-name",
+    default="raytag",
+    show_default=True,
+    help="Same name again resumes from its last checkpoint.",
+)
+@click.option("--max-failures", default=3, show_default=True, help="Worker failures to survive.")
+@click.option("--experiment", default="raytag", show_default=True, help="MLflow experiment.")
+@click.option("--registered-model", default=None, help="Register the model under this name.")
+@click.option("--alias", default=None, help="Alias for the new version, e.g. champion.")
+@click.option(
+    "--ray-address",
+    default=None,
+    envvar="RAY_ADDRESS",
+    help="Cluster to join (default: Ray's own choice, a local one if none runs).",
+)
+@click.option("--seed", default=0, show_default=True)
+def train_command(
+    manifest: str, model: str, overrides: tuple[str, ...], vocabulary: str | None, epochs: int,
+    batch_size: int, learning_rate: float, early_stopping_patience: int, patches_per_track: int,
+    num_workers: int, use_gpu: bool | None, storage_path: str, run_name: str, max_failures: int,
+    experiment: str, registered_model: str | None, alias: str | None, ray_address: str | None,
+    seed: int,
+) -> None:  # fmt: skip
+    """Train with Ray Train, evaluate the test split, log to MLflow and register the model."""
+    import ray
+
+    from raytag.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        manifest=manifest, model=model, model_overrides=_parse_overrides(overrides),
+        vocabulary=_vocabulary(vocabulary), epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, early_stopping_patience=early_stopping_patience,
+        patches_per_track=patches_per_track, num_workers=num_workers, use_gpu=use_gpu,
+        storage_path=storage_path, run_name=run_name, max_failures=max_failures, seed=seed,
+    )  # fmt: skip
+    ray.init(address=ray_address)
+    summary = run_training(
+        config, experiment=experiment, registered_model=registered_model, alias=alias
+    )
+    summary.pop("metrics")
+    click.echo(json.dumps(summary, default=str))
+
+
+def _vocabulary(option: str | None) -> tuple[str, ...] | None:
+    if option is None:
+        return None
+    if option == "demo":
+        from raytag.catalogue import VOCABULARY
+
+        return VOCABULARY
+    with open(option) as f:
+        return tuple(json.load(f))
+
+
+# -- batch tagging (raytag.tagging) ----------------------------------------------------
+
+_ray_address_option = click.option(
+    "--ray-address",
+    default=None,
+    envvar="RAY_ADDRESS",
+    help="Cluster to join (default: Ray's own choice, a local one if none runs; "
+    "'local' always starts a new one).",
+)
+
+
+@main.command("tag")
+@click.option("--manifest", required=True, help="Parquet file, folder/prefix or glob; or s3://.")
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
+@click.option("--output", required=True, help="Output folder (local or s3://); reruns resume.")
+@click.option(
+    "--max-patches",
+    default=32,
+    show_default=True,
+    help="Evenly spaced patches per track (0: all); bounds memory for long tracks.",
+)
+@click.option("--top-k", default=5, show_default=True, help="Tags kept in top_tags.")
+@click.option(
+    "--embedding/--no-embedding", default=False, show_default=True, help="Write the embedding."
+)
+@click.option("--decode-batch-size", default=8, show_default=True, help="Tracks per decode task.")
+@click.option("--decode-tasks", type=int, default=None, help="Concurrent decode tasks cap.")
+@click.option("--decode-memory-mb", default=1024, show_default=True, help="Per decode task.")
+@click.option("--predict-batch-size", default=16, show_default=True, help="Tracks per model call.")
+@click.option("--patch-batch-size", default=128, show_default=True, help="Patches per forward.")
+@click.option("--actors", type=int, default=None, help="Model replicas (default: one per GPU).")
+@click.option("--cpus-per-actor", default=1.0, show_default=True, help="For CPU actors.")
+@click.option(
+    "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
+)
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on GPU.")
+@click.option("--rows-per-file", default=1000, show_default=True, help="Rows per write task.")
+@_ray_address_option
+def tag_command(
+    manifest: str, model_uri: str, output: str, max_patches: int, top_k: int, embedding: bool,
+    decode_batch_size: int, decode_tasks: int | None, decode_memory_mb: int,
+    predict_batch_size: int, patch_batch_size: int, actors: int | None, cpus_per_actor: float,
+    use_gpu: bool | None, bf16: bool, rows_per_file: int, ray_address: str | None,
+) -> None:  # fmt: skip
+    """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
+    import ray
+
+    from raytag.manifest import ManifestError
+    from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
+
+    options = TagOptions(
+        max_patches=max_patches or None, top_k=top_k, embedding=embedding,
+        decode_batch_size=decode_batch_size, decode_tasks=decode_tasks,
+        decode_memory_mb=decode_memory_mb, predict_batch_size=predict_batch_size,
+        patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+        use_gpu=use_gpu, bf16=bf16, rows_per_file=rows_per_file,
+    )  # fmt: skip
+    ray.init(address=ray_address)
+    try:
+        summary = tag_catalogue(manifest, model_uri, output, options)
+    except (ManifestError, TagError, IncompleteRunError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(summary.line())
+
+
+@main.command("verify")
+@click.option("--manifest", required=True, help="The run's manifest.")
+@click.option("--output", required=True, help="The run's output folder.")
+@_ray_address_option
+def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
+    """Check a tagging run: every manifest row in exactly one output row (exit 1 if not)."""
+    import ray
+
+    from raytag.manifest import ManifestError
+    from raytag.tagging import verify
+
+    ray.init(address=ray_address)
+    try:
+        report = verify(manifest, output)
+    except ManifestError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(report.describe())
+    if not report.ok:
         raise SystemExit(1)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import SeaweedS3
+from tests.services import SeaweedS3, free_port
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +42,18 @@ def s3_bucket(s3_env: SeaweedS3, request: pytest.FixtureRequest) -> str:
 def ray_local() -> Iterator[None]:
     """A real local Ray cluster for the whole session, in this process (2 CPUs, loopback).
 
-    ``address="local"`` forces a new cluster even when a `ray start` head is running.
+    ``address="local"`` forces a new cluster even when a `ray start` head is running. The
+    dashboard (on a free loopback port) serves the state API that failure tests use to
+    find the worker and actor processes they kill.
     """
     import ray
 
     ray.init(
         address="local",
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
     )
@@ -75,3 +79,25 @@ def mlflow_env(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     yield mlflow_server.uri
     mlflow.end_run()  # a failed test must not leave its run active for the next one
+
+
+@pytest.fixture(scope="session")
+def demo_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small labelled catalogue (spec/demo-catalogue.md) for training tests: its manifest URI."""
+    from raytag.catalogue import synthesize
+
+    return synthesize(
+        str(tmp_path_factory.mktemp("catalogue")), 80, seed=3, duration_s=6.0,
+        splits=(0.7, 0.15, 0.15),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def heldout_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tracks of another seed, all in the test split, to measure what training learnt."""
+    from raytag.catalogue import synthesize
+
+    return synthesize(
+        str(tmp_path_factory.mktemp("heldout")), 40, seed=4, duration_s=6.0,
+        splits=(0.0, 0.0, 1.0),
+    )  # fmt: skip

@@ -1,0 +1,421 @@
+"""Ray Train: fit a tagger from a labelled Parquet manifest, checkpoint every epoch,
+resume after failures, evaluate, and track everything in MLflow.
+
+Data path: manifest -> Ray Data decode on CPU (once, cached in the object store) ->
+a fresh random patch per track per epoch -> ``get_dataset_shard`` -> the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+import torch.nn.functional as F
+from ray import train
+from ray.data.expressions import col
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raytag import storage
+from raytag.audio import AudioError, decode
+from raytag.checkpoint import load_model, save_model
+from raytag.config import AudioConfig
+from raytag.models import Tagger, build_model
+from raytag.patching import split_patches
+
+log = logging.getLogger(__name__)
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; logged to MLflow as params."""
+
+    manifest: str
+    model: str = "spectrogram-small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    vocabulary: tuple[str, ...] | None = None  # None: sorted union of the manifest's tags
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 5  # epochs without a better validation loss
+    lr_decay_factor: float = 0.2  # learning-rate decay on a validation-loss plateau
+    lr_patience: int = 2
+    patches_per_track: int = 1  # random training patches per track per epoch
+    val_patches_per_track: int = 3  # evenly spaced, fixed validation patches
+    patch_seconds: float = 3.0
+    num_workers: int = 1
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    mixed_precision: bool = True  # bf16 autocast, GPU only
+    storage_path: str = "runs"
+    run_name: str = "raytag"
+    max_failures: int = 3
+    seed: int = 0
+
+    def audio(self) -> AudioConfig:
+        return AudioConfig(patch_seconds=self.patch_seconds)
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params for MLflow."""
+        return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in asdict(self).items()}
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def manifest_vocabulary(manifest: str) -> list[str]:
+    """Sorted union of every tag in a labelled manifest (reads only the ``tags`` column)."""
+    fs, path = storage.arrow_filesystem(manifest)
+    tags = pq.ParquetDataset(path, filesystem=fs).read(columns=["tags"]).column("tags")
+    return sorted(t for t in pc.unique(pc.list_flatten(tags)).to_pylist() if t)
+
+
+def read_split(manifest: str, split: str) -> ray.data.Dataset:
+    fs, path = storage.arrow_filesystem(manifest)
+    ds = ray.data.read_parquet(path, filesystem=fs)
+    return ds.select_columns(["track_id", "uri", "tags", "split"]).filter(
+        expr=col("split") == split
+    )
+
+
+class DecodeLabelled:
+    """Decode whole tracks and turn tag lists into multi-hot targets; undecodable tracks
+    are dropped from training with a warning (the tagging job is what accounts for them)."""
+
+    def __init__(self, vocabulary: list[str], audio: AudioConfig) -> None:
+        self.index = {tag: i for i, tag in enumerate(vocabulary)}
+        self.audio = audio
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        waveforms, targets = [], []
+        for uri, tags, track_id in zip(batch["uri"], batch["tags"], batch["track_id"], strict=True):
+            try:
+                waveform = decode(uri, self.audio.sample_rate)
+            except AudioError as error:
+                log.warning("skipping %s in training: %s (%s)", track_id, error.code, error.message)
+                continue
+            if waveform.shape[0] < self.audio.min_seconds * self.audio.sample_rate:
+                log.warning("skipping %s in training: too short", track_id)
+                continue
+            target = np.zeros(len(self.index), dtype=np.float32)
+            target[[self.index[t] for t in tags if t in self.index]] = 1.0
+            waveforms.append(waveform)
+            targets.append(target)
+        return {"waveform": _ragged(waveforms), "target": np.asarray(targets, np.float32)}
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+class RandomPatches:
+    """A fresh random crop per track every time the dataset is iterated (every epoch)."""
+
+    def __init__(self, patch_samples: int, per_track: int) -> None:
+        self.patch_samples = patch_samples
+        self.per_track = per_track
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng()
+        patches, targets = [], []
+        for waveform, target in zip(batch["waveform"], batch["target"], strict=True):
+            for _ in range(self.per_track):
+                if waveform.shape[0] <= self.patch_samples:
+                    patch = split_patches(waveform, self.patch_samples, 1)[0]
+                else:
+                    start = rng.integers(0, waveform.shape[0] - self.patch_samples + 1)
+                    patch = waveform[start : start + self.patch_samples]
+                patches.append(patch)
+                targets.append(target)
+        return {"patch": np.stack(patches), "target": np.stack(targets)}
+
+
+class FixedPatches:
+    """Evenly spaced patches, the same every epoch, so validation losses are comparable."""
+
+    def __init__(self, patch_samples: int, per_track: int) -> None:
+        self.patch_samples = patch_samples
+        self.per_track = per_track
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        patches, targets = [], []
+        for waveform, target in zip(batch["waveform"], batch["target"], strict=True):
+            track_patches = split_patches(waveform, self.patch_samples, self.per_track)
+            patches.extend(track_patches)
+            targets.extend([target] * len(track_patches))
+        return {"patch": np.stack(patches), "target": np.stack(targets)}
+
+
+def build_datasets(config: TrainConfig, vocabulary: list[str]) -> dict[str, ray.data.Dataset]:
+    """Decoded once and cached, then cropped per epoch (train) or fixed (valid)."""
+    audio = config.audio()
+    decoder = DecodeLabelled(vocabulary, audio)
+    decoded = {
+        split: read_split(config.manifest, split)
+        .map_batches(decoder, batch_size=8, num_cpus=1)
+        .materialize()
+        for split in ("train", "valid")
+    }
+    for split, ds in decoded.items():
+        if ds.count() == 0:
+            raise ValueError(f"no decodable {split!r} tracks in {config.manifest}")
+    return {
+        "train": decoded["train"].map_batches(
+            RandomPatches(audio.patch_samples, config.patches_per_track), batch_size=16
+        ),
+        "valid": decoded["valid"].map_batches(
+            FixedPatches(audio.patch_samples, config.val_patches_per_track), batch_size=16
+        ),
+    }
+
+
+# --- the loop on each worker -------------------------------------------------------------------
+
+
+def _unwrap(model: torch.nn.Module) -> Tagger:
+    return model.module if hasattr(model, "module") else model
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+    )
+
+
+def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
+    values = torch.tensor([total, count], dtype=torch.float64, device=device)
+    if train.get_context().get_world_size() > 1:
+        torch.distributed.all_reduce(values)
+    return (values[0] / values[1].clamp(min=1)).item()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One worker's training: resumes from the last checkpoint if Ray Train hands one over."""
+    config = TrainConfig(**loop_config["train"])
+    vocabulary: list[str] = loop_config["vocabulary"]
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, n_tags=len(vocabulary), **config.model_overrides)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, factor=config.lr_decay_factor, patience=config.lr_patience
+    )
+    state = {"epoch": 0, "best_val_loss": float("inf"), "epochs_since_best": 0}
+    checkpoint = train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            model.load_state_dict(load_model(folder).model.state_dict())
+            saved = torch.load(Path(folder) / TRAIN_STATE_FILE, weights_only=True)
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    start_epoch = state["epoch"]
+
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    train_shard = train.get_dataset_shard("train")
+    valid_shard = train.get_dataset_shard("valid")
+    use_amp = config.mixed_precision
+
+    for epoch in range(start_epoch, config.epochs):
+        if state["epochs_since_best"] >= config.early_stopping_patience:
+            break
+        model.train()
+        train_total, train_count = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config.batch_size, dtypes=torch.float32, device=device
+        ):
+            with _autocast(device, use_amp):
+                logits = model(batch["patch"])
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["target"])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            train_total += loss.item() * len(logits)
+            train_count += len(logits)
+
+        model.eval()
+        val_total, val_count = 0.0, 0
+        with torch.inference_mode():
+            for batch in valid_shard.iter_torch_batches(
+                batch_size=config.batch_size, dtypes=torch.float32, device=device
+            ):
+                with _autocast(device, use_amp):
+                    logits = model(batch["patch"])
+                val_total += (
+                    F.binary_cross_entropy_with_logits(
+                        logits.float(), batch["target"], reduction="sum"
+                    ).item()
+                    / batch["target"].shape[1]
+                )
+                val_count += len(logits)
+        train_loss = _all_reduce_mean(train_total, train_count, device)
+        val_loss = _all_reduce_mean(val_total, val_count, device)
+        scheduler.step(val_loss)
+        improved = val_loss < state["best_val_loss"]
+        state = {
+            "epoch": epoch + 1,
+            "best_val_loss": min(val_loss, state["best_val_loss"]),
+            "epochs_since_best": 0 if improved else state["epochs_since_best"] + 1,
+        }
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "best_val_loss": state["best_val_loss"],
+            "learning_rate": optimiser.param_groups[0]["lr"],
+            "start_epoch": start_epoch,
+        }
+        _report(metrics, model, optimiser, scheduler, state, vocabulary, config, loop_config)
+
+
+def _report(metrics, model, optimiser, scheduler, state, vocabulary, config, loop_config) -> None:
+    """Checkpoint (rank 0 writes it) and report; MLflow gets the metrics from rank 0."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if train.get_context().get_world_rank() == 0:
+            save_model(folder, _unwrap(model), vocabulary, config.audio(), name=config.run_name)
+            torch.save(
+                {
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                },
+                Path(folder) / TRAIN_STATE_FILE,
+            )
+            checkpoint = Checkpoint.from_directory(folder)
+            if loop_config.get("mlflow_run_id"):
+                _log_epoch_metrics(loop_config, metrics)
+        train.report(metrics, checkpoint=checkpoint)
+
+
+def _log_epoch_metrics(loop_config: dict[str, Any], metrics: dict[str, float]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"])
+    step = int(metrics["epoch"])
+    for key, value in metrics.items():
+        if key not in ("epoch", "start_epoch"):
+            client.log_metric(loop_config["mlflow_run_id"], key, float(value), step=step)
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit(
+    config: TrainConfig, mlflow_tracking_uri: str | None = None, mlflow_run_id: str | None = None
+) -> train.Result:
+    """Run (or resume, when ``run_name`` already has checkpoints) a Ray Train fit."""
+    vocabulary = list(config.vocabulary or manifest_vocabulary(config.manifest))
+    use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    storage_fs, storage_path = _run_storage(config.storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": asdict(config),
+            "vocabulary": vocabulary,
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+        ),
+        datasets=build_datasets(config, vocabulary),
+    )
+    return trainer.fit()
+
+
+def _run_storage(storage_path: str):
+    """Local folders go to Ray as absolute paths; object storage as a pyarrow filesystem
+    (which carries the S3 endpoint and credentials from the environment)."""
+    if storage.is_local(storage_path):
+        return None, str(Path(storage.local_path(storage_path)).resolve())
+    return storage.arrow_filesystem(storage_path)
+
+
+def best_checkpoint(result: train.Result) -> Checkpoint:
+    if result.best_checkpoints:
+        return min(result.best_checkpoints, key=lambda pair: pair[1]["val_loss"])[0]
+    if result.checkpoint is None:
+        raise RuntimeError("training produced no checkpoint")
+    return result.checkpoint
+
+
+def _mlflow_run_id(experiment: str, run_name: str) -> str | None:
+    """The MLflow run of an earlier attempt of ``run_name``, so a resumed fit logs into it."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`raytag.run_name` = '{run_name}'",
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    experiment: str = "raytag",
+    registered_model: str | None = None,
+    alias: str | None = None,
+) -> dict[str, Any]:
+    """Fit (or resume), evaluate the best checkpoint on the test split, log everything to
+    MLflow (``MLFLOW_TRACKING_URI``) and register the model. Returns a summary."""
+    import mlflow
+
+    from raytag import registry
+    from raytag.evaluate import evaluate_model
+
+    mlflow.set_experiment(experiment)
+    run_id = _mlflow_run_id(experiment, config.run_name)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else config.run_name) as run:
+        if run_id is None:
+            mlflow.set_tag("raytag.run_name", config.run_name)
+            registry.log_config(asdict(config))
+        result = fit(config, mlflow.get_tracking_uri(), run.info.run_id)
+        if result.error:
+            raise RuntimeError(f"training failed: {result.error}") from result.error
+        with best_checkpoint(result).as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
+            loaded = load_model(folder)
+            metrics = evaluate_model(loaded, config.manifest, split="test", plots_dir=tmp)
+            registry.log_run_evaluation(metrics, metrics.pop("plots", []))
+            info = registry.log_model(folder, registered_model_name=registered_model, alias=alias)
+    return {
+        "run_id": run.info.run_id,
+        "epochs": result.metrics.get("epoch"),
+        "best_val_loss": result.metrics.get("best_val_loss"),
+        "test_macro_roc_auc": metrics["macro_roc_auc"],
+        "test_macro_pr_auc": metrics["macro_pr_auc"],
+        "model_uri": info.model_uri,
+        "registered_model": registered_model,
+        "version": info.registered_model_version,
+        "alias": alias,
+        "checkpoint_path": result.path,
+        "metrics": metrics,
+    }
