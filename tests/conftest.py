@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import SeaweedS3, free_port
+from tests.services import RayHead, SeaweedS3, free_port
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +101,12 @@ def heldout_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
         str(tmp_path_factory.mktemp("heldout")), 40, seed=4, duration_s=6.0,
         splits=(0.0, 0.0, 1.0),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> Iterator[RayHead]:
+    """A `ray start --head` node for `ray job submit` tests; like a cluster node, it has the
+    object-storage credentials in its environment."""
+    head = RayHead(tmp_path_factory.mktemp("ray-head"), env=s3_server.env).start()
+    yield head
+    head.stop()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -97,3 +100,100 @@ class SeaweedS3:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class RayHead:
+    """A real `ray start --head` on loopback, as a cluster's head node runs it.
+
+    RAY_AUTH_MODE=disabled: Ray 2.60 turns token authentication on by default, and a test
+    head on 127.0.0.1 has no token to share; production clusters keep tokens on (see
+    docs/operations.md). ``env`` is the node's environment (object-storage credentials
+    live there, as on a cluster node, never on a command line). Teardown ends only this
+    head's process group: `ray stop` would stop every Ray on the machine.
+    """
+
+    PORT_FLAGS = (
+        "port",
+        "dashboard-port",
+        "node-manager-port",
+        "object-manager-port",
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    )
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.env = env or {}
+        self.ports = {name: free_port() for name in self.PORT_FLAGS}
+        self.temp = ""
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        """The job-submission address (the dashboard)."""
+        return f"http://127.0.0.1:{self.ports['dashboard-port']}"
+
+    def start(self) -> RayHead:
+        bin_dir = Path(sys.executable).parent
+        self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # socket paths have a length limit
+        env = {
+            **os.environ,
+            **self.env,
+            "RAY_AUTH_MODE": "disabled",
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        }
+        args = [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--temp-dir={self.temp}",
+        ]
+        args += [f"--{name}={port}" for name, port in self.ports.items()]
+        log = self.workdir / "ray-head.log"
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_http(f"{self.address}/api/version", 120, self.proc, log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def submit(
+        self, *job_args: str, env_vars: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """`ray job submit --working-dir <repo> -- python ...job_args`, waiting for the end."""
+        bin_dir = Path(sys.executable).parent
+        repo = Path(__file__).resolve().parents[1]
+        args = [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.address,
+            "--working-dir",
+            str(repo),
+        ]
+        if env_vars:
+            args += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+        return subprocess.run(
+            [*args, "--", "python", *job_args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        )

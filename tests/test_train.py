@@ -108,3 +108,28 @@ def test_killed_worker_is_replaced_and_resumes_then_same_name_resumes(
     again = fit(small_config(demo_catalogue, tmp_path, epochs=5, run_name="survivor"))
     assert again.error is None
     assert (again.metrics["start_epoch"], again.metrics["epoch"]) == (4, 5)
+
+
+def test_ray_job_submit_trains_from_s3_and_registers(
+    ray_head, s3_bucket: str, mlflow_env: str, tmp_path: Path
+) -> None:
+    """The user story: `ray job submit -- python jobs/train.py` against a running head, with
+    the manifest, audio and checkpoints in object storage and the run in MLflow."""
+    from raytag.catalogue import synthesize
+    from raytag.storage import filesystem
+
+    manifest = synthesize(f"{s3_bucket}/catalogue", 16, seed=5, duration_s=4.0)
+    submit = ray_head.submit(
+        "jobs/train.py", "--manifest", manifest, "--vocabulary", "demo", "--epochs", "2",
+        "--batch-size", "8", "--storage-path", f"{s3_bucket}/runs", "--run-name", "s3-job",
+        "--experiment", "job-test", "--registered-model", "job-tagger", "--alias", "champion",
+        env_vars={"MLFLOW_TRACKING_URI": mlflow_env},
+    )  # fmt: skip
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert '"alias": "champion"' in submit.stdout
+    loaded = registry.load("models:/job-tagger@champion")
+    assert loaded.vocabulary == list(VOCABULARY)
+    fs, root = filesystem(f"{s3_bucket}/runs/s3-job")
+    assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(root))
+    # Credentials reached the job through the node's environment, not the command line.
+    assert "AWS_SECRET_ACCESS_KEY" not in " ".join(map(str, submit.args))
