@@ -93,17 +93,6 @@ def demo_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def heldout_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Tracks of another seed, all in the test split, to measure what training learnt."""
-    from raytag.catalogue import synthesize
-
-    return synthesize(
-        str(tmp_path_factory.mktemp("heldout")), 40, seed=4, duration_s=6.0,
-        splits=(0.0, 0.0, 1.0),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> Iterator[RayHead]:
     """A `ray start --head` node for `ray job submit` tests; like a cluster node, it has the
     object-storage credentials in its environment."""
