@@ -627,7 +627,12 @@ def check(out_uri: str) -> list[str]:
     problems = [] if len({r["track_id"] for r in rows}) == len(rows) else ["duplicate track_ids"]
     for row in rows:
         tid = row["track_id"]
-        mid = mido.MidiFile(file=io.BytesIO(fs.cat_file(join(root, "midi", f"{tid}.mid"))))
+        try:
+            midi_bytes = fs.cat_file(join(root, "midi", f"{tid}.mid"))
+            mid = mido.MidiFile(file=io.BytesIO(midi_bytes))
+        except (OSError, EOFError, ValueError) as err:  # missing, truncated or not MIDI
+            problems.append(f"{tid}: MIDI unreadable ({type(err).__name__}: {err})")
+            continue
         tags, issues = derive_tags(mid)
         problems += [f"{tid}: {issue}" for issue in issues]
         if list(row["tags"]) != tags:

@@ -42,3 +42,17 @@ def test_decode_reports_patches_and_error_codes(tmp_path: Path) -> None:
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert records[0]["n_patches"] == 4 and records[0]["duration_s"] > 60
     assert [r.get("error_code") for r in records[1:]] == ["undecodable", "not_found"]
+
+
+def test_catalogue_synth_then_check(tmp_path: Path) -> None:
+    out = tmp_path / "catalogue"
+    synth = raytag("catalogue", "synth", str(out), "--tracks", "3", "--duration", "3",
+                   "--splits", "1,0,0")  # fmt: skip
+    assert synth.returncode == 0, synth.stderr
+    assert synth.stdout.strip() == str(out / "manifest.parquet")
+    check = raytag("catalogue", "check", str(out))
+    assert check.returncode == 0, check.stderr
+    (out / "midi" / sorted(p.name for p in (out / "midi").iterdir())[0]).write_bytes(b"MThd")
+    broken = raytag("catalogue", "check", str(out))
+    assert broken.returncode == 1
+    assert "MIDI unreadable" in broken.stderr
