@@ -55,6 +55,7 @@ class TrainConfig:
     patches_per_track: int = 1  # random training patches per track per epoch
     val_patches_per_track: int = 3  # evenly spaced, fixed validation patches
     patch_seconds: float = 3.0
+    cache_decoded: bool = True  # keep decoded audio in the object store between epochs
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     mixed_precision: bool = True  # bf16 autocast, GPU only
@@ -160,18 +161,23 @@ class FixedPatches:
 
 
 def build_datasets(config: TrainConfig, vocabulary: list[str]) -> dict[str, ray.data.Dataset]:
-    """Decoded once and cached, then cropped per epoch (train) or fixed (valid)."""
+    """Decoded tracks, cropped afresh every epoch (train) or at fixed places (valid).
+
+    With ``cache_decoded`` the decoded audio is kept in Ray's object store after the first
+    pass (right for catalogues whose audio fits in the cluster's memory); without it every
+    epoch streams and decodes again, which scales to any catalogue size.
+    """
     audio = config.audio()
     decoder = DecodeLabelled(vocabulary, audio)
     decoded = {
-        split: read_split(config.manifest, split)
-        .map_batches(decoder, batch_size=8, num_cpus=1)
-        .materialize()
+        split: read_split(config.manifest, split).map_batches(decoder, batch_size=8, num_cpus=1)
         for split in ("train", "valid")
     }
-    for split, ds in decoded.items():
-        if ds.count() == 0:
-            raise ValueError(f"no decodable {split!r} tracks in {config.manifest}")
+    if config.cache_decoded:
+        decoded = {split: ds.materialize() for split, ds in decoded.items()}
+        for split, ds in decoded.items():
+            if ds.count() == 0:
+                raise ValueError(f"no decodable {split!r} tracks in {config.manifest}")
     return {
         "train": decoded["train"].map_batches(
             RandomPatches(audio.patch_samples, config.patches_per_track), batch_size=16

@@ -122,7 +122,8 @@ def test_ray_job_submit_trains_from_s3_and_registers(
     manifest = synthesize(f"{s3_bucket}/catalogue", 16, seed=5, duration_s=4.0)
     submit = ray_head.submit(
         "jobs/train.py", "--manifest", manifest, "--vocabulary", "demo", "--epochs", "2",
-        "--batch-size", "8", "--storage-path", f"{s3_bucket}/runs", "--run-name", "s3-job",
+        "--batch-size", "8", "--no-cache-decoded", "--storage-path", f"{s3_bucket}/runs",
+        "--run-name", "s3-job",
         "--experiment", "job-test", "--registered-model", "job-tagger", "--alias", "champion",
         env_vars={"MLFLOW_TRACKING_URI": mlflow_env},
     )  # fmt: skip
