@@ -295,6 +295,13 @@ _ray_address_option = click.option(
 )
 
 
+def _join_ray(address: str | None) -> None:
+    """Join (or start) the cluster; inside a process already connected, use that one."""
+    import ray
+
+    ray.init(address=address, ignore_reinit_error=True)
+
+
 @main.command("tag")
 @click.option("--manifest", required=True, help="Parquet file, folder/prefix or glob; or s3://.")
 @click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
@@ -329,8 +336,6 @@ def tag_command(
     use_gpu: bool | None, bf16: bool, rows_per_file: int, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
-    import ray
-
     from raytag.manifest import ManifestError
     from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
 
@@ -341,7 +346,7 @@ def tag_command(
         patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
         use_gpu=use_gpu, bf16=bf16, rows_per_file=rows_per_file,
     )  # fmt: skip
-    ray.init(address=ray_address)
+    _join_ray(ray_address)
     try:
         summary = tag_catalogue(manifest, model_uri, output, options)
     except (ManifestError, TagError, IncompleteRunError) as error:
@@ -355,12 +360,10 @@ def tag_command(
 @_ray_address_option
 def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
     """Check a tagging run: every manifest row in exactly one output row (exit 1 if not)."""
-    import ray
-
     from raytag.manifest import ManifestError
     from raytag.tagging import verify
 
-    ray.init(address=ray_address)
+    _join_ray(ray_address)
     try:
         report = verify(manifest, output)
     except ManifestError as error:
@@ -368,6 +371,40 @@ def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
     click.echo(report.describe())
     if not report.ok:
         raise SystemExit(1)
+
+
+# -- the demo (raytag.demo) ----------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--workdir", default="demo", show_default=True, help="Everything goes here.")
+@click.option("--tracks", "n_tracks", default=300, show_default=True, help="Labelled tracks.")
+@click.option("--duration", "duration_s", default=8.0, show_default=True, help="Seconds each.")
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--model", default="spectrogram-small", show_default=True, help="Model preset.")
+@click.option("--real-tracks", default=8, show_default=True, help="Real music tracks to tag.")
+@click.option("--max-patches", default=8, show_default=True, help="Patches per tagged track.")
+@click.option(
+    "--keep-mlflow", is_flag=True, help="Leave the MLflow server running to browse its UI."
+)
+@click.option("--retrain", is_flag=True, help="Train anew even if the champion matches.")
+@click.option("--mlflow-port", type=int, default=None, help="Default: 5000 if free, else any.")
+@click.option("--cpus", "num_cpus", type=int, default=None, help="Ray CPUs (default: all).")
+def demo_command(
+    workdir: str, n_tracks: int, duration_s: float, epochs: int, model: str, real_tracks: int,
+    max_patches: int, keep_mlflow: bool, retrain: bool, mlflow_port: int | None,
+    num_cpus: int | None,
+) -> None:  # fmt: skip
+    """The whole product on this machine: local MLflow and Ray, a labelled catalogue,
+    training, registry, tagging of real music, and a report. A second run reuses what exists."""
+    from raytag.demo import format_report, run_demo
+
+    report = run_demo(
+        workdir, n_tracks=n_tracks, duration_s=duration_s, epochs=epochs, model=model,
+        real_tracks=real_tracks, max_patches=max_patches, keep_mlflow=keep_mlflow,
+        retrain=retrain, mlflow_port=mlflow_port, num_cpus=num_cpus,
+    )  # fmt: skip
+    click.echo(format_report(report))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ class RayHead:
             **os.environ,
             **self.env,
             "RAY_AUTH_MODE": "disabled",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a test head has nothing to drain
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
         }
         args = [
@@ -153,6 +154,7 @@ class RayHead:
             "--num-cpus=2",
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
+            "--disable-usage-stats",
             f"--temp-dir={self.temp}",
         ]
         args += [f"--{name}={port}" for name, port in self.ports.items()]

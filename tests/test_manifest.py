@@ -1,0 +1,117 @@
+"""manifest: listing and checking Parquet manifests (file, folder, glob; local and S3) and the
+row checks that turn bad rows into error rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raytag.manifest import ManifestError, ManifestErrorCode, check_rows, open_manifest
+from raytag.storage import arrow_filesystem
+
+ROWS = [{"track_id": f"t{i}", "uri": f"/audio/{i}.wav", "album": f"a{i % 2}"} for i in range(5)]
+
+
+def write(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def test_file_folder_and_glob(tmp_path: Path) -> None:
+    write(tmp_path / "m" / "part-0.parquet", ROWS[:3])
+    write(tmp_path / "m" / "sub" / "part-1.parquet", ROWS[3:])
+    (tmp_path / "m" / "_SUCCESS").write_text("")  # hidden files of a folder are skipped
+    (tmp_path / "m" / ".part-2.parquet.tmp").write_text("partial")
+
+    single = open_manifest(str(tmp_path / "m" / "part-0.parquet"))
+    assert single.num_rows == 3 and len(single.files) == 1
+    folder = open_manifest(str(tmp_path / "m"))
+    assert folder.num_rows == 5 and len(folder.files) == 2
+    assert folder.extra_columns == ["album"]
+    assert open_manifest(f"file://{tmp_path}/m/").num_rows == 5
+    assert open_manifest(str(tmp_path / "m" / "part-*.parquet")).num_rows == 3
+
+
+def test_s3_prefix(s3_bucket: str) -> None:
+    fs, path = arrow_filesystem(f"{s3_bucket}/manifests/part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(ROWS), path, filesystem=fs)
+    manifest = open_manifest(f"{s3_bucket}/manifests/")
+    assert manifest.num_rows == 5
+    assert manifest.files == (f"{s3_bucket.removeprefix('s3://')}/manifests/part-0.parquet",)
+
+
+KEYS = pa.schema([("track_id", pa.string()), ("uri", pa.string())])
+BAD_MANIFESTS = {
+    # name: (files in the manifest folder, None for no folder; the error it must raise)
+    "missing": (None, "not found"),
+    "empty-folder": ({}, "matches no files"),
+    "non-parquet-file": ({"a.parquet": ROWS, "README.txt": b"x"}, "not readable Parquet: .*README"),
+    "corrupt": ({"a.parquet": b"PAR1 garbage"}, "not readable Parquet"),
+    "missing-column": (
+        {"a.parquet": [{"track_id": "x", "path": "/a.wav"}]},
+        r"lacks column\(s\) uri; it has track_id, path",
+    ),
+    "wrong-type": ({"a.parquet": [{"track_id": 1, "uri": "/a"}]}, "track_id must be a string"),
+    "two-schemas": (
+        {"a.parquet": ROWS, "b.parquet": [{"track_id": "x", "uri": "/b.wav"}]},
+        "all files must share one schema",
+    ),
+    "reserved-column": ({"a.parquet": [{**ROWS[0], "scores": 1.0}]}, "scores are reserved"),
+    "no-rows": ({"a.parquet": pa.Table.from_pylist([], schema=KEYS)}, "has no rows"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_MANIFESTS)
+def test_bad_manifests_fail_before_any_work(tmp_path: Path, name: str) -> None:
+    files, message = BAD_MANIFESTS[name]
+    folder = tmp_path / "m"
+    if files is not None:
+        folder.mkdir()
+    for file, content in (files or {}).items():
+        if isinstance(content, bytes):
+            (folder / file).write_bytes(content)
+        else:
+            table = content if isinstance(content, pa.Table) else pa.Table.from_pylist(content)
+            pq.write_table(table, folder / file)
+    with pytest.raises(ManifestError, match=message):
+        open_manifest(str(folder))
+
+
+def test_check_rows_flags_bad_rows_first_failure_wins() -> None:
+    table = pa.table(
+        {
+            "track_id": ["ok", None, " ", "n", "e", "d", "d", None],
+            "uri": ["/a.wav", "/b.wav", "/c.wav", None, "  ", "/d.wav", "/e.wav", None],
+        }
+    )
+    copies = pa.array([1, 2, 1, 1, 1, 2, 2, 2], pa.int32())
+    codes, messages = check_rows(table, copies)
+    assert codes.to_pylist() == [
+        None,
+        ManifestErrorCode.NULL_TRACK_ID,
+        ManifestErrorCode.EMPTY_TRACK_ID,
+        ManifestErrorCode.NULL_URI,
+        ManifestErrorCode.EMPTY_URI,
+        ManifestErrorCode.DUPLICATE_TRACK_ID,
+        ManifestErrorCode.DUPLICATE_TRACK_ID,
+        ManifestErrorCode.NULL_TRACK_ID,
+    ]
+    assert messages.to_pylist()[0] is None
+    assert all(messages.to_pylist()[1:])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_read_normalises_string_types(tmp_path: Path) -> None:
+    schema = pa.schema([("track_id", pa.large_string()), ("uri", pa.large_string()),
+                        ("year", pa.int16())])  # fmt: skip
+    rows = [{"track_id": "t0", "uri": "/a.wav", "year": 1999}]
+    manifest = open_manifest(str(write(tmp_path / "m.parquet", rows, schema)))
+    read = manifest.read().take_batch(batch_format="pyarrow")
+    assert read.schema == manifest.normalised_schema
+    assert read.schema.field("track_id").type == pa.string()
+    assert read.to_pylist() == rows
+    assert manifest.read(["track_id"]).take_all() == [{"track_id": "t0"}]

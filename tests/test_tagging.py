@@ -1,0 +1,472 @@
+"""Batch tagging end to end on real Ray, real audio and a real S3 server (SeaweedFS): the
+output layout, exactly-once accounting, verify, resume after a killed model actor and after
+a killed job, S3 in and out, and `ray job submit` of jobs/tag.py against a real head."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import ray
+from click.testing import CliRunner
+
+from raytag.audio import decode_patches
+from raytag.catalogue import VOCABULARY
+from raytag.checkpoint import load_model, save_model
+from raytag.cli import main
+from raytag.config import AudioConfig
+from raytag.manifest import ManifestError, open_manifest
+from raytag.models import build_model
+from raytag.models.inference import predict_patches
+from raytag.storage import arrow_filesystem, filesystem
+from raytag.tagging import (
+    ERRORS,
+    PREDICTIONS,
+    TagError,
+    TagOptions,
+    output_files,
+    prediction_schema,
+    tag_catalogue,
+    verify,
+)
+from tests.services import SeaweedS3
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REAL_MUSIC = [
+    sorted(Path("/usr/share/games/singularity/music").glob("*.ogg"))[0],
+    Path("/usr/share/games/asc/music/frontiers.mp3"),
+]
+N_GENERATED = 12
+MAX_PATCHES = 2  # keeps the real (minutes-long) tracks cheap
+OPTIONS = TagOptions(
+    max_patches=MAX_PATCHES,
+    decode_batch_size=2,
+    predict_batch_size=2,
+    rows_per_file=4,
+    embedding=True,
+    top_k=3,
+)
+# What the mixed catalogue's bad rows must become.
+EXPECTED_ERRORS = {
+    "missing": "not_found",
+    "corrupt": "undecodable",
+    "null-uri": "null_uri",
+    "empty-uri": "empty_uri",
+    "dup": "duplicate_track_id",
+}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    manifest: str  # a folder of two Parquet files
+    rows: list[dict]
+    model: str
+
+    @property
+    def taggable(self) -> int:
+        return sum(1 for row in self.rows if row["track_id"] not in EXPECTED_ERRORS)
+
+
+def tone(path: Path, hz: int, seconds: float, channels: int = 2, rate: int = 44_100) -> Path:
+    source = f"sine=frequency={hz}:duration={seconds}"
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source]
+    subprocess.run([*cmd, "-ac", str(channels), "-ar", str(rate), str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_footer_readers() -> Iterator[None]:
+    """Ray 2.60's read_parquet starts 32 footer-reading actors per call by default: seconds
+    per read on a 2-core machine. One is plenty for these manifests (and subprocesses
+    inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
+    """Generated tracks in four formats, an 8-channel 96 kHz file, real music, and the bad
+    rows of EXPECTED_ERRORS, with extra columns that must pass through."""
+    root = tmp_path_factory.mktemp("catalogue")
+    audio = root / "audio"
+    audio.mkdir()
+    rows = []
+    for i in range(N_GENERATED):
+        ext = ("wav", "flac", "mp3", "ogg")[i % 4]
+        path = tone(audio / f"gen{i}.{ext}", hz=200 + 50 * i, seconds=2 + i % 5)
+        rows.append({"track_id": f"gen{i}", "uri": str(path)})
+    wide = tone(audio / "wide.wav", hz=440, seconds=3, channels=8, rate=96_000)
+    rows.append({"track_id": "eight-channels", "uri": str(wide)})
+    rows += [{"track_id": f"real{i}", "uri": str(path)} for i, path in enumerate(REAL_MUSIC)]
+    (audio / "corrupt.mp3").write_bytes(b"\xff\xfb not really an mp3 " * 64)
+    rows += [
+        {"track_id": "missing", "uri": str(audio / "nowhere.wav")},
+        {"track_id": "corrupt", "uri": str(audio / "corrupt.mp3")},
+        {"track_id": "null-uri", "uri": None},
+        {"track_id": "empty-uri", "uri": ""},
+        {"track_id": "dup", "uri": rows[0]["uri"]},
+        {"track_id": "dup", "uri": rows[1]["uri"]},
+    ]
+    for i, row in enumerate(rows):
+        row.update(album=f"album-{i % 3}", year=2000 + i)
+    model = tiny_model(root / "model", "3")
+    return Catalogue(manifest=write_manifest(root / "manifest", rows), rows=rows, model=model)
+
+
+@pytest.fixture(scope="module")
+def long_catalogue(catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
+    """The same audio three times over under new ids: a run long enough to kill midway."""
+    good = [row for row in catalogue.rows if row["track_id"] not in EXPECTED_ERRORS]
+    rows = [{**row, "track_id": f"{row['track_id']}-{n}"} for n in range(3) for row in good]
+    rows += [row for row in catalogue.rows if row["track_id"] in EXPECTED_ERRORS]
+    manifest = write_manifest(tmp_path_factory.mktemp("long") / "manifest", rows)
+    return Catalogue(manifest=manifest, rows=rows, model=catalogue.model)
+
+
+def write_manifest(folder: Path, rows: list[dict]) -> str:
+    """Two Parquet files and a _SUCCESS marker, as Spark leaves a folder."""
+    folder.mkdir()
+    table = pa.Table.from_pylist(rows)
+    half = len(rows) // 2
+    pq.write_table(table.slice(0, half), folder / "part-0.parquet")
+    pq.write_table(table.slice(half), folder / "part-1.parquet")
+    (folder / "_SUCCESS").write_text("")
+    return str(folder)
+
+
+def tiny_model(folder: Path, version: str) -> str:
+    """An untrained small model: these tests check plumbing, not tagging quality."""
+    model = build_model("spectrogram-small", n_tags=len(VOCABULARY))
+    save_model(folder, model, list(VOCABULARY), AudioConfig(), name="tiny-tagger", version=version)
+    return str(folder)
+
+
+def read_folder(output: str, folder: str) -> pa.Table:
+    fs, _ = arrow_filesystem(output)
+    return pads.dataset(output_files(output, folder), filesystem=fs, format="parquet").to_table()
+
+
+def cli_args(**options: object) -> list[str]:
+    """``--option value`` pairs for raytag tag / jobs/tag.py."""
+    return [
+        arg for key, value in options.items() for arg in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
+def settle(output: str, quiet_s: float = 3.0) -> None:
+    """Wait until no output file has appeared for ``quiet_s`` seconds."""
+    files, since = None, time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        now = output_files(output, PREDICTIONS) + output_files(output, ERRORS)
+        if now != files:
+            files, since = now, time.monotonic()
+        time.sleep(0.2)
+
+
+def count_rows(files: list[str] | set[str]) -> int:
+    return sum(pq.read_metadata(path).num_rows for path in files)
+
+
+def keys(table: pa.Table) -> Counter:
+    return Counter(zip(table["track_id"].to_pylist(), table["uri"].to_pylist(), strict=True))
+
+
+def assert_exactly_once(catalogue: Catalogue, output: str) -> tuple[pa.Table, pa.Table]:
+    """Every manifest row in exactly one output row, checked directly on the files."""
+    predictions, errors = read_folder(output, PREDICTIONS), read_folder(output, ERRORS)
+    manifest_keys = Counter((r["track_id"], r["uri"]) for r in catalogue.rows)
+    assert keys(predictions) + keys(errors) == manifest_keys
+    assert not set(predictions["track_id"].to_pylist()) & set(errors["track_id"].to_pylist())
+    assert verify(catalogue.manifest, output).ok
+    return predictions, errors
+
+
+# -- a local run and what it leaves behind ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_run(catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory, ray_local):
+    output = str(tmp_path_factory.mktemp("run") / "tags")
+    return output, tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+
+
+def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run) -> None:
+    output, summary = local_run
+    predictions, errors = assert_exactly_once(catalogue, output)
+    assert len(predictions) == catalogue.taggable
+
+    assert predictions.schema == prediction_schema(open_manifest(catalogue.manifest), OPTIONS)
+    assert errors.schema.names == ["track_id", "uri", "error_code", "message"]
+    codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
+    assert codes == EXPECTED_ERRORS
+    assert all(errors["message"].to_pylist())
+
+    by_id = {row["track_id"]: row for row in predictions.to_pylist()}
+    manifest_rows = {row["track_id"]: row for row in catalogue.rows}
+    for track_id, row in by_id.items():
+        assert (row["album"], row["year"]) == (
+            manifest_rows[track_id]["album"],
+            manifest_rows[track_id]["year"],
+        )
+        assert (row["model_name"], row["model_version"]) == ("tiny-tagger", "3")
+        assert len(row["scores"]) == len(VOCABULARY) and len(row["embedding"]) == 200
+        top = row["top_tags"]
+        assert [t["score"] for t in top] == sorted(row["scores"], reverse=True)[:3]
+        assert all(row["scores"][VOCABULARY.index(t["tag"])] == t["score"] for t in top)
+    # The long-track policy: minutes of real music, MAX_PATCHES patches.
+    assert by_id["real1"]["n_patches"] == MAX_PATCHES and by_id["real1"]["duration_s"] > 120
+    assert by_id["gen1"]["n_patches"] == 1 and by_id["gen1"]["duration_s"] == pytest.approx(3)
+    assert by_id["eight-channels"]["duration_s"] == pytest.approx(3, abs=0.05)
+
+    fs, _ = filesystem(output)
+    assert json.loads(fs.cat(f"{output}/vocabulary.json")) == list(VOCABULARY)
+    record = json.loads(fs.cat(f"{output}/_run.json"))
+    assert record["status"] == "complete"
+    assert record["model"] == {"uri": catalogue.model, "name": "tiny-tagger", "version": "3"}
+    assert record["counts"]["manifest_rows"] == len(catalogue.rows)
+    bad_rows = [row for row in catalogue.rows if row["track_id"] in EXPECTED_ERRORS]
+    assert record["counts"]["errors_by_code"] == Counter(
+        EXPECTED_ERRORS[row["track_id"]] for row in bad_rows
+    )
+    attempt = record["attempts"][0]
+    assert attempt["predictions"] == catalogue.taggable and attempt["tracks_per_s"] > 0
+    assert attempt["options"]["max_patches"] == MAX_PATCHES
+    assert record["software"]["ray"] == ray.__version__
+    line = summary.line()
+    assert "every row exactly once" in line and "tracks/s" in line and output in line
+
+
+def test_pipeline_scores_equal_the_model_on_the_same_patches(catalogue, local_run) -> None:
+    output, _ = local_run
+    predictions = {r["track_id"]: r for r in read_folder(output, PREDICTIONS).to_pylist()}
+    loaded = load_model(catalogue.model)
+    audio = replace(loaded.audio, max_patches=MAX_PATCHES)
+    for track_id in ("gen3", "real1", "eight-channels"):
+        patches = decode_patches(predictions[track_id]["uri"], audio).patches
+        scores, embeddings = predict_patches(loaded.model, patches, batch_size=8)
+        row = predictions[track_id]
+        np.testing.assert_allclose(row["scores"], scores.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(row["embedding"], embeddings.mean(axis=0), atol=1e-5)
+
+
+def test_rerun_of_a_finished_run_writes_nothing(catalogue: Catalogue, local_run) -> None:
+    output, _ = local_run
+    before = output_files(output, PREDICTIONS) + output_files(output, ERRORS)
+    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+    assert output_files(output, PREDICTIONS) + output_files(output, ERRORS) == before
+    attempts = summary.record["attempts"]
+    assert len(attempts) == 2 and attempts[1]["predictions"] == attempts[1]["errors"] == 0
+    assert summary.report.ok
+
+
+def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path) -> None:
+    output = str(tmp_path / "copy")
+    shutil.copytree(local_run[0], output)
+    first = output_files(output, PREDICTIONS)[0]
+    twice = count_rows([first])
+    shutil.copy(first, first.replace(".parquet", "-again.parquet"))
+    report = verify(catalogue.manifest, output)
+    assert (report.missing, report.surplus) == (0, twice) and not report.ok
+    assert {e["_side"] for e in report.examples} == {"prediction"}
+    # A resume would add to rows it cannot account for: it refuses before any work.
+    with pytest.raises(TagError, match=f"holds {twice} row"):
+        tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+
+    lost = output_files(output, ERRORS)[0]
+    n_lost = count_rows([lost])
+    os.remove(lost)
+    report = verify(catalogue.manifest, output)
+    assert (report.missing, report.surplus) == (n_lost, twice)
+    assert f"{n_lost} missing, {twice} surplus" in report.describe()
+
+
+def test_refuses_another_models_output_and_bad_manifests(catalogue, local_run, tmp_path) -> None:
+    other = tiny_model(tmp_path / "other", "4")
+    with pytest.raises(TagError, match="holds a run of tiny-tagger version 3"):
+        tag_catalogue(catalogue.manifest, other, local_run[0], OPTIONS)
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"track_id": "x", "path": "/a.wav"}]), bad)
+    with pytest.raises(ManifestError, match="lacks column"):
+        tag_catalogue(str(bad), catalogue.model, str(tmp_path / "never"), OPTIONS)
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_defaults_are_the_tag_options_defaults() -> None:
+    from raytag.cli import tag_command
+
+    defaults = asdict(TagOptions())
+    shown = {p.name: p.default for p in tag_command.params if p.name in defaults}
+    assert shown == defaults
+
+
+# -- failures: a killed model actor, a killed job -----------------------------------------
+
+
+def test_killed_model_actor_is_replaced_and_nothing_is_lost(long_catalogue, tmp_path, ray_local):
+    catalogue, output = long_catalogue, str(tmp_path / "tags")
+    slow = replace(OPTIONS, decode_batch_size=1, predict_batch_size=1, rows_per_file=2)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = tag_catalogue(catalogue.manifest, catalogue.model, output, slow)
+        except Exception as error:  # reported below, on the test's thread
+            result["error"] = error
+
+    job = threading.Thread(target=run)
+    job.start()
+    killed, rows_before = None, None
+    deadline = time.monotonic() + 240
+    while job.is_alive() and killed is None and time.monotonic() < deadline:
+        # ray.util.state needs a dashboard; the session cluster runs without one.
+        for actor in ray._private.state.actors().values():
+            if actor["State"] == "ALIVE" and "TagPredictor" in actor["ActorClassName"]:
+                rows_before = count_rows(output_files(output, PREDICTIONS))
+                if rows_before:  # mid-run: the actor has delivered, more is on its way
+                    os.kill(actor["Pid"], signal.SIGKILL)
+                    killed = actor["ActorID"]
+                    break
+        time.sleep(0.1)
+    job.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert killed is not None, "the model actor was never seen at work"
+    assert rows_before < catalogue.taggable
+    assert ray._private.state.actors()[killed]["NumRestarts"] >= 1
+    predictions, _ = assert_exactly_once(catalogue, output)
+    assert len(predictions) == catalogue.taggable
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_where_it_stopped(catalogue, tmp_path, ray_local) -> None:
+    output = str(tmp_path / "tags")
+    command = [str(BIN / "python"), "jobs/tag.py", *cli_args(
+        manifest=catalogue.manifest, model=catalogue.model, output=output, ray_address="local",
+        max_patches=MAX_PATCHES, decode_batch_size=1, predict_batch_size=1, rows_per_file=2,
+    )]  # fmt: skip
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(output_files(output, PREDICTIONS)) < 2 and time.monotonic() < deadline:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the job's driver and its local Ray cluster
+        first.wait()
+    # Its workers leave their own process group and notice the loss a moment later; a
+    # write they had begun may still land. Resume once they are gone, as after any crash.
+    settle(output)
+
+    fs, _ = filesystem(output)
+    assert json.loads(fs.cat(f"{output}/_run.json"))["status"] == "running"
+    checked = CliRunner().invoke(main, ["verify", *cli_args(manifest=catalogue.manifest,
+                                                            output=output)])  # fmt: skip
+    assert checked.exit_code == 1 and ", 0 surplus" in checked.output, checked.output
+    missing = int(re.search(r"(\d+) missing", checked.output)[1])
+    assert missing > 0
+    kept = set(output_files(output, PREDICTIONS) + output_files(output, ERRORS))
+
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "every row exactly once" in second.stdout.strip().splitlines()[-1]
+    assert_exactly_once(catalogue, output)
+    new = set(output_files(output, PREDICTIONS) + output_files(output, ERRORS)) - kept
+    assert kept <= set(output_files(output, PREDICTIONS) + output_files(output, ERRORS))
+    assert count_rows(new) == missing
+    record = json.loads(fs.cat(f"{output}/_run.json"))
+    assert record["status"] == "complete"
+    assert "finished_at" not in record["attempts"][0]  # the killed attempt, on record
+    assert record["attempts"][1]["predictions"] + record["attempts"][1]["errors"] == missing
+
+
+# -- object storage and `ray job submit` -------------------------------------------------
+
+
+def upload_catalogue(catalogue: Catalogue, bucket: str) -> tuple[str, list[dict]]:
+    """Part of the catalogue with its audio and manifest in S3 (and a local file mixed in):
+    the manifest prefix and its rows."""
+    fs, _ = filesystem(bucket)
+    by_id = {row["track_id"]: row for row in catalogue.rows}
+    rows = []
+    for track_id in ("gen0", "gen1", "gen2", "gen3", "real1", "corrupt"):
+        key = f"{bucket}/audio/{Path(by_id[track_id]['uri']).name}"
+        fs.put(by_id[track_id]["uri"], key)
+        rows.append({**by_id[track_id], "uri": key})
+    rows += [
+        {**by_id["missing"], "uri": f"{bucket}/audio/nowhere.wav"},
+        by_id["null-uri"],
+        by_id["real0"],
+    ]
+    table = pa.Table.from_pylist(rows)
+    for i, part in enumerate((table.slice(0, 4), table.slice(4))):
+        with fs.open(f"{bucket}/manifests/part-{i}.parquet", "wb") as f:
+            pq.write_table(part, f)
+    return f"{bucket}/manifests/", rows
+
+
+def assert_s3_run(rows: list[dict], output: str, logs: str, secret: str) -> None:
+    """Every row once in the S3 output; the secret key in no log line and no output object."""
+    assert f"{len(rows)} manifest rows" in logs and "every row exactly once" in logs
+    assert output in logs
+    predictions, errors = read_folder(output, PREDICTIONS), read_folder(output, ERRORS)
+    assert keys(predictions) + keys(errors) == Counter((r["track_id"], r["uri"]) for r in rows)
+    codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
+    assert codes == {"missing": "not_found", "null-uri": "null_uri", "corrupt": "undecodable"}
+    fs, _ = filesystem(output)
+    assert fs.exists(f"{output}/vocabulary.json") and fs.exists(f"{output}/_run.json")
+    assert secret not in logs
+    written = fs.find(output)
+    assert written and all(secret.encode() not in fs.cat(path) for path in written)
+
+
+@pytest.mark.slow
+def test_s3_in_and_out_with_credentials_from_the_environment(
+    catalogue: Catalogue, s3_bucket: str, s3_env: SeaweedS3
+) -> None:
+    manifest, rows = upload_catalogue(catalogue, s3_bucket)
+    output = f"{s3_bucket}/tags/run-1"
+    # A process of its own: its Ray workers inherit the credentials from the environment.
+    options = cli_args(manifest=manifest, model=catalogue.model, output=output,
+                       ray_address="local", max_patches=MAX_PATCHES)  # fmt: skip
+    tag = subprocess.run(
+        [str(BIN / "raytag"), "tag", *options], capture_output=True, text=True, timeout=300
+    )
+    assert tag.returncode == 0, tag.stderr[-3000:]
+    assert_s3_run(rows, output, tag.stdout + tag.stderr, s3_env.secret_key)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_of_jobs_tag(catalogue, ray_head, s3_bucket: str, s3_env: SeaweedS3):
+    """The user story: `ray job submit --working-dir . -- python jobs/tag.py ...` against a
+    running head, manifest, audio and outputs in S3, credentials in the node's environment."""
+    manifest, rows = upload_catalogue(catalogue, s3_bucket)
+    output = f"{s3_bucket}/tags/run-2026-11"
+    options = cli_args(
+        manifest=manifest, model=catalogue.model, output=output, max_patches=MAX_PATCHES
+    )
+    few_readers = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}  # see few_footer_readers
+    submit = ray_head.submit("jobs/tag.py", *options, env_vars=few_readers, timeout=400)
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert "AWS_SECRET_ACCESS_KEY" not in " ".join(submit.args)
+    assert_s3_run(rows, output, submit.stdout + submit.stderr, s3_env.secret_key)
