@@ -39,10 +39,12 @@ format: setup
 test: lint
 	$(BIN)/pytest -q
 
-# Until the full demo lands: the smallest real end-to-end run (decode real music, run a model).
+# The whole product on this machine (docs/operations.md): local MLflow and Ray, a labelled
+# catalogue, training, the registry, tagging of real music, a report. A second run reuses
+# what exists. Options: make demo DEMO_ARGS="--keep-mlflow" (all: raytag demo --help).
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/raytag models
-	$(BIN)/raytag decode /usr/share/games/singularity/music/*.ogg --max-patches 4
+	$(BIN)/raytag demo $(DEMO_ARGS)
 
 # Refresh the pinned set after changing dependencies.
 lock: setup
