@@ -7,12 +7,17 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont singularity-music asc-music
-PY_DIRS := $(wildcard raytag jobs tests bench)
+PY_DIRS := $(wildcard raytag jobs tests bench tools)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test lint format demo lock clean
+.PHONY: setup musicnn-wheel system-packages test lint format demo lock clean
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed musicnn-wheel
+
+# The pretrained musicnn taggers' wheel (weights only; docs/musicnn.md), cached for
+# `raytag import musicnn` and the parity tests.
+musicnn-wheel: $(VENV)/.installed
+	@$(BIN)/raytag import musicnn --download-only >/dev/null
 
 # ffmpeg: decoding (torchcodec loads its libraries); fluidsynth + soundfonts: the labelled
 # demo catalogue; singularity-music, asc-music: real, openly licensed music for tests and demo.

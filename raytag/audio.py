@@ -93,15 +93,18 @@ def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
     """The track's patches under ``config``'s policy (see :func:`patch_starts`).
 
     With ``max_patches`` set and a header duration, only those K windows are decoded.
+    Patches carry ``config.context_samples`` of context on each side (see patching).
     """
-    rate, size, k = config.sample_rate, config.patch_samples, config.max_patches
+    rate, size, k = config.sample_rate, config.core_samples, config.max_patches
+    context = config.context_samples
     with _open_decoder(uri, rate) as decoder:
         header = _header_duration(decoder)
         _check_too_long(uri, header, config.max_seconds)
         n_header = int(header * rate) if header is not None else 0
         patches, duration = None, header
-        if k is not None and n_header // size > k:
-            patches = _decode_windows(decoder, patch_starts(n_header, size, k), size, rate)
+        if k is not None and (n_header + context) // size > k:
+            starts = patch_starts(n_header, size, k, context)
+            patches = _decode_windows(decoder, starts, size, rate, context)
         if patches is None:  # no header duration, few patches anyway, or a wrong header
             wave = _decode_all(uri, decoder, rate, config.max_seconds)
             duration = wave.shape[0] / rate
@@ -110,7 +113,7 @@ def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
                     AudioErrorCode.TOO_SHORT,
                     f"{uri}: {duration:.2f} s is shorter than {config.min_seconds} s",
                 )
-            patches = split_patches(wave, size, k)
+            patches = split_patches(wave, size, k, context)
     _check_finite(uri, patches)
     return DecodedTrack(patches=patches, duration_s=float(duration))
 
@@ -244,19 +247,26 @@ def _decode_all(
 
 
 def _decode_windows(
-    decoder: AudioDecoder, starts: np.ndarray, size: int, rate: int
+    decoder: AudioDecoder, starts: np.ndarray, size: int, rate: int, context: int = 0
 ) -> np.ndarray | None:
-    """Only the windows at ``starts``; None when one comes back short (header was wrong)."""
+    """Only the windows at ``starts`` (with ``context`` samples either side, zeros before
+    the track's start); None when one comes back short (the header was wrong)."""
     begin = _begin(decoder)
-    patches = np.zeros((len(starts), size), dtype=np.float32)
+    width = size + 2 * context
+    patches = np.zeros((len(starts), width), dtype=np.float32)
     for row, start in enumerate(starts):
+        first = max(int(start) - context, 0)
+        offset = first - (int(start) - context)  # zeros before the track's start
+        stop = int(start) + size + context
         try:
-            window = _samples(decoder, begin + start / rate, begin + (start + size) / rate)
+            window = _samples(decoder, begin + first / rate, begin + stop / rate)
         except RuntimeError:  # past the real end, or damage: let the full decode decide
             return None
-        if window.shape[0] < size - _WINDOW_SLACK_S * rate:
+        # The patch may end up to `context` samples past the track, its right context too.
+        if offset + window.shape[0] < size - _WINDOW_SLACK_S * rate:
             return None
-        patches[row, : min(size, window.shape[0])] = window[:size]
+        n = min(width - offset, window.shape[0])
+        patches[row, offset : offset + n] = window[:n]
     return patches
 
 

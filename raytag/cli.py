@@ -407,5 +407,66 @@ def demo_command(
     click.echo(format_report(report))
 
 
+# -- pretrained models from elsewhere (raytag.importers) ---------------------------------
+
+
+@main.group("import")
+def import_group() -> None:
+    """Import pretrained taggers as raytag models (no TensorFlow needed)."""
+
+
+@import_group.command("musicnn")
+@click.option(
+    "--wheel",
+    type=click.Path(exists=True),
+    default=None,
+    help="The musicnn 0.1.0 wheel, an unpacked one, or its musicnn/ folder "
+    "(default: fetched with `pip download --no-deps` into the cache).",
+)
+@click.option("--cache-dir", default=None, help="Default: $RAYTAG_CACHE or ~/.cache/raytag.")
+@click.option(
+    "--model", "keys", multiple=True, type=click.Choice(["mtt", "msd"]), help="Default: both."
+)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Keep folders here.")
+@click.option("--register/--no-register", default=True, show_default=True, help="In MLflow.")
+@click.option("--alias", default="champion", show_default=True, help="Alias of the new version.")
+@click.option("--experiment", default="musicnn-import", show_default=True)
+@click.option("--download-only", is_flag=True, help="Only fetch the wheel into the cache.")
+def import_musicnn_command(
+    wheel: str | None, cache_dir: str | None, keys: tuple[str, ...], out: str | None,
+    register: bool, alias: str, experiment: str, download_only: bool,
+) -> None:  # fmt: skip
+    """musicnn's MTT and MSD taggers as musicnn-mtt and musicnn-msd, registered in MLflow
+    (MLFLOW_TRACKING_URI) with their 50-tag vocabularies and musicnn's own patching."""
+    import tempfile
+    from pathlib import Path
+
+    from raytag.importers import musicnn
+
+    if wheel is None:
+        wheel = str(musicnn.ensure_wheel(cache_dir))
+    elif Path(wheel).is_file():
+        musicnn.check_wheel(wheel)
+    if download_only:
+        click.echo(wheel)
+        return
+    if not register and out is None:
+        raise click.UsageError("--no-register needs --out to keep the model folders")
+    with tempfile.TemporaryDirectory(prefix="raytag-musicnn-") as tmp:
+        try:
+            folders = musicnn.write_model_folders(wheel, out or tmp, keys or ("mtt", "msd"))
+        except musicnn.CheckpointError as error:
+            raise click.ClickException(str(error)) from error
+        for folder in folders.values():
+            record = {"name": folder.name, "folder": str(folder) if out else None}
+            if register:
+                from raytag.registry import register_folder
+
+                info = register_folder(folder, folder.name, alias=alias, experiment=experiment)
+                record["version"] = info.registered_model_version
+                record["uri"] = f"models:/{folder.name}@{alias}"
+            click.echo(json.dumps(record))
+
+
 if __name__ == "__main__":
     main()

@@ -20,6 +20,12 @@ class AudioConfig:
     tags K evenly spaced patches, which bounds decode time and memory for long tracks.
     Tracks shorter than one patch but at least ``min_seconds`` long are zero-padded
     to one patch; shorter ones are rejected as ``too_short``.
+
+    ``context_samples`` (default 0: none) widens every patch by that many samples of the
+    track on each side, zeros past its ends, while patches still start every
+    ``patch_seconds``. A model that frames its input with centred STFT windows then sees
+    at the patch edges what a spectrogram of the whole track sees (imported musicnn
+    models need this for exact parity); it crops the context off itself.
     """
 
     sample_rate: int = SAMPLE_RATE
@@ -27,6 +33,7 @@ class AudioConfig:
     max_patches: int | None = None
     min_seconds: float = 1.0
     max_seconds: float | None = None
+    context_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -39,10 +46,18 @@ class AudioConfig:
             raise ValueError("min_seconds must be in (0, patch_seconds]")
         if self.max_seconds is not None and self.max_seconds < self.min_seconds:
             raise ValueError("max_seconds must be >= min_seconds")
+        if self.context_samples < 0:
+            raise ValueError(f"context_samples must be >= 0, got {self.context_samples}")
+
+    @property
+    def core_samples(self) -> int:
+        """The patch proper, without context: also the step between consecutive patches."""
+        return round(self.patch_seconds * self.sample_rate)
 
     @property
     def patch_samples(self) -> int:
-        return round(self.patch_seconds * self.sample_rate)
+        """Samples in each patch a model receives: the core and its context on both sides."""
+        return self.core_samples + 2 * self.context_samples
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

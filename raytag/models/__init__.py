@@ -1,7 +1,8 @@
 """Model registry: ``build_model(name, **overrides)`` in the style of timm.
 
 Presets are named variants of the same code. The ``-small`` presets keep every layer
-of the paper's models with fewer filters, for CPU demos and tests.
+of the paper's models with fewer filters, for CPU demos and tests. ``musicnn`` is the
+architecture of musicnn's pretrained taggers (raytag.importers.musicnn loads them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from raytag.models.musicnn import Musicnn, MusicnnConfig, musicnn_tagger
 from raytag.models.tagger import (
     BackEndConfig,
     SpectrogramConfig,
@@ -19,18 +21,22 @@ from raytag.models.tagger import (
     waveform_tagger,
 )
 
-_BUILDERS: dict[str, tuple[type[BackEndConfig], Callable[[Any], Tagger]]] = {
+# A model is a Tagger or any module with its interface (forward, embed, config, arch,
+# config_dict), such as Musicnn, which has a back-end of its own.
+_BUILDERS: dict[str, tuple[type, Callable[[Any], Tagger | Musicnn]]] = {
     "spectrogram": (SpectrogramConfig, spectrogram_tagger),
     "waveform": (WaveformConfig, waveform_tagger),
+    "musicnn": (MusicnnConfig, musicnn_tagger),
 }
 
-PRESETS: dict[str, BackEndConfig] = {
+PRESETS: dict[str, BackEndConfig | MusicnnConfig] = {
     "spectrogram": SpectrogramConfig(),
     "waveform": WaveformConfig(),
     "spectrogram-small": SpectrogramConfig(num_filt=8, backend_filters=128, dense_units=200),
     "waveform-small": WaveformConfig(
         filters=(32, 32, 32, 64, 64, 64, 128), backend_filters=128, dense_units=200
     ),
+    "musicnn": MusicnnConfig(),
 }
 
 
@@ -38,7 +44,7 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-def build_model(name: str, **overrides: Any) -> Tagger:
+def build_model(name: str, **overrides: Any) -> Tagger | Musicnn:
     """A freshly initialised model of preset ``name``; overrides replace config fields."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -47,7 +53,7 @@ def build_model(name: str, **overrides: Any) -> Tagger:
     return builder(replace(base, **overrides))
 
 
-def model_from_config(config: dict[str, Any]) -> Tagger:
+def model_from_config(config: dict[str, Any]) -> Tagger | Musicnn:
     """Rebuild a model from ``Tagger.config_dict()`` (plain data, e.g. read from JSON)."""
     fields = dict(config)
     arch = fields.pop("arch")
@@ -59,6 +65,8 @@ def model_from_config(config: dict[str, Any]) -> Tagger:
 
 __all__ = [
     "PRESETS",
+    "Musicnn",
+    "MusicnnConfig",
     "SpectrogramConfig",
     "Tagger",
     "WaveformConfig",

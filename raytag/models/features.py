@@ -46,3 +46,18 @@ class LogMel(nn.Module):
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             power = self.mel(waveform.float())
             return torch.log10(1.0 + self.log_gain * power).transpose(1, 2)
+
+
+class Float16LogMel(LogMel):
+    """musicnn's log-mel: the mel power is rounded to float16 before the log compression.
+
+    musicnn stored its training spectrograms as float16 and rounds at tagging time too,
+    then computes ``log10(10000 x + 1)`` in float32 (numpy 1.x promotion). The rounding
+    is part of what its weights expect; the log itself must stay float32, since
+    ``10000 x`` overflows float16 for loud bands. Same frames as :class:`LogMel`.
+    """
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            power = self.mel(waveform.float()).to(torch.float16).float()
+            return torch.log10(1.0 + self.log_gain * power).transpose(1, 2)

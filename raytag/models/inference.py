@@ -14,7 +14,7 @@ import torch
 
 from raytag.config import AudioConfig
 from raytag.models.tagger import Tagger
-from raytag.patching import split_patches
+from raytag.patching import track_patches
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,6 @@ def predict_track(
     model: Tagger, waveform: np.ndarray, audio: AudioConfig, batch_size: int = 64
 ) -> TrackPrediction:
     """Score one decoded track (mono float32 at the model's rate) with the patch policy."""
-    patches = split_patches(waveform, audio.patch_samples, audio.max_patches)
+    patches = track_patches(waveform, audio)
     scores, embeddings = predict_patches(model, patches, batch_size)
     return TrackPrediction(scores.mean(axis=0), embeddings.mean(axis=0), len(patches))
