@@ -39,7 +39,7 @@ def s3_bucket(s3_env: SeaweedS3, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
+def ray_local() -> Iterator[str]:
     """A real local Ray cluster for the whole session, in this process (2 CPUs, loopback).
 
     ``address="local"`` forces a new cluster even when a `ray start` head is running. The
@@ -48,7 +48,7 @@ def ray_local() -> Iterator[None]:
     """
     import ray
 
-    ray.init(
+    context = ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
@@ -57,7 +57,7 @@ def ray_local() -> Iterator[None]:
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
     )
-    yield
+    yield f"http://{context.dashboard_url}"  # the state API of this cluster, not another
     ray.shutdown()
 
 
