@@ -1,0 +1,140 @@
+"""Driver memory against catalogue size for `raytag tag` (the tagging issue's scale check).
+
+Tags manifests of N short clips (N = 10,000 and 100,000 by default) end to end, each in a
+fresh driver process on a fresh local Ray, and records the driver's peak RSS, the time to
+the first output file, wall time and throughput. The model is the spectrogram preset shrunk
+to almost nothing (this measures the pipeline and the driver, not the network), and the
+rows point at a handful of real short audio files, decoded every time as usual.
+
+    .venv/bin/python bench/tagging_scale.py                 # 10k and 100k rows
+    .venv/bin/python bench/tagging_scale.py --rows 2000 20000
+
+Results: bench/results/tagging_scale.json; summary in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "scale"
+RESULTS = HERE / "results" / "tagging_scale.json"
+N_CLIPS = 8
+
+
+def make_inputs(rows: int, clip_seconds: float) -> tuple[str, str]:
+    """Clips, a tiny model folder and a manifest of ``rows`` rows cycling over the clips."""
+    from raytag.catalogue import VOCABULARY
+    from raytag.checkpoint import save_model
+    from raytag.config import AudioConfig
+    from raytag.models import build_model
+
+    clips = DATA / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    for i in range(N_CLIPS):
+        path = clips / f"clip{i}.wav"
+        if not path.exists():
+            tone = f"sine=frequency={220 * (i + 1)}:sample_rate=16000:duration={clip_seconds}"
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", tone, str(path)],
+                           check=True)  # fmt: skip
+    model = DATA / "model"
+    tiny = build_model("spectrogram-small", n_tags=len(VOCABULARY), num_filt=1,
+                       backend_filters=8, dense_units=8)  # fmt: skip
+    save_model(model, tiny, list(VOCABULARY), AudioConfig(), name="scale-bench")
+    manifest = DATA / f"manifest-{rows}.parquet"
+    table = pa.table({
+        "track_id": [f"t{i:08d}" for i in range(rows)],
+        "uri": [str(clips / f"clip{i % N_CLIPS}.wav") for i in range(rows)],
+    })  # fmt: skip
+    pq.write_table(table, manifest)
+    return str(manifest), str(model)
+
+
+def run_one(manifest: str, model: str, output: str) -> dict:
+    """Runs in a child process: a fresh driver, so its peak RSS is this run's alone."""
+    import ray
+
+    from raytag.tagging import TagOptions, tag_catalogue
+
+    first_output: list[float] = []
+    started = time.monotonic()
+
+    def watch() -> None:
+        predictions = Path(output) / "predictions"
+        while not first_output:
+            if predictions.exists() and any(predictions.iterdir()):
+                first_output.append(time.monotonic() - started)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)  # fmt: skip
+    summary = tag_catalogue(manifest, model, output, TagOptions(max_patches=1))
+    wall = time.monotonic() - started
+    ray.shutdown()
+    attempt = summary.record["attempts"][-1]
+    return {
+        "verified_rows": summary.report.manifest_rows,
+        "predictions": attempt["predictions"],
+        "errors": attempt["errors"],
+        "wall_s": round(wall, 1),
+        "time_to_first_output_s": round(first_output[0], 1) if first_output else None,
+        "tracks_per_s": round(attempt["predictions"] / wall, 1),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "exactly_once": summary.report.ok,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--clip-seconds", type=float, default=1.5)
+    parser.add_argument("--child", nargs=3, metavar=("MANIFEST", "MODEL", "OUTPUT"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(*args.child)))
+        return
+    runs = []
+    for rows in args.rows:
+        manifest, model = make_inputs(rows, args.clip_seconds)
+        output = DATA / f"out-{rows}"
+        subprocess.run(["rm", "-rf", str(output)], check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", manifest, model, str(output)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = {"manifest_rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    base = runs[0]["driver_peak_rss_mb"]
+    record = {
+        "benchmark": "tagging_scale",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "runs": runs,
+        "driver_rss_growth": [round(r["driver_peak_rss_mb"] / base, 3) for r in runs],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
