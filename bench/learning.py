@@ -1,0 +1,680 @@
+"""Learning benchmark (not a test): does the spectrogram model learn tags that carry over to
+a SoundFont it never heard?
+
+    .venv/bin/python bench/learning.py            # the defaults are the benchmark
+
+1. Renders (or reuses) a training catalogue of ``--n-tracks`` tracks (splits 80/10/10) with
+   ONE SoundFont and seed ``--train-seed``, and a held-out catalogue of ``--heldout-tracks``
+   tracks (all in split "test") with the OTHER SoundFont and seed ``--heldout-seed``.
+   Rendering is timed but is not part of the training budget.
+2. Trains with ``raytag.train.fit`` (Ray Train, local Ray with 2 CPUs) within a wall-clock
+   budget of ``--budget-min`` minutes. ``fit`` has no time limit of its own, so it runs with
+   up to ``--max-epochs`` epochs while a watchdog follows the epochs' checkpoints; when the next
+   epoch would not end within the budget (or at the deadline at the latest) it aborts the run
+   the way Ctrl-C does (Ray Train's own graceful abort). Everything ``fit`` does (decoding into
+   the object store, start-up, epochs, checkpoints) counts against the budget. Early stopping
+   may end the run sooner.
+3. Evaluates the best checkpoint (lowest validation loss, in-distribution) on the held-out
+   catalogue and on the training catalogue's own test split: whole tracks, every 3 s patch,
+   macro and per-tag ROC-AUC / PR-AUC (``raytag.evaluate.evaluate_model``).
+4. Writes ``bench/results/learning.json`` and ``docs/learning.md``. The hand-written
+   commentary between the COMMENTARY markers of an existing ``docs/learning.md`` is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BAR = 0.90  # the issue's bar: macro ROC-AUC on the held-out-SoundFont catalogue
+SOUNDFONT_DIR = "/usr/share/sounds/sf2"
+COMMENTARY_START = "<!-- COMMENTARY: hand-written, kept when the script rewrites this file -->"
+COMMENTARY_END = "<!-- /COMMENTARY -->"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    data = p.add_argument_group("catalogues")
+    data.add_argument("--n-tracks", type=int, default=1000, help="training catalogue size")
+    data.add_argument("--heldout-tracks", type=int, default=300, help="held-out catalogue size")
+    data.add_argument("--duration", type=float, default=10.0, help="seconds per track")
+    data.add_argument("--train-soundfont", default=f"{SOUNDFONT_DIR}/FluidR3_GM.sf2")
+    data.add_argument("--heldout-soundfont", default=f"{SOUNDFONT_DIR}/TimGM6mb.sf2")
+    data.add_argument("--train-seed", type=int, default=1)
+    data.add_argument("--heldout-seed", type=int, default=2)
+    data.add_argument("--data-dir", default=str(ROOT / "bench/data/learning"))
+    data.add_argument("--render-only", action="store_true", help="render, then stop")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--model", default="spectrogram", help="preset of raytag.models")
+    train.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, VALUE as JSON (e.g. num_filt=8); repeatable",
+    )
+    train.add_argument("--budget-min", type=float, default=30.0, help="training wall clock")
+    train.add_argument("--max-epochs", type=int, default=200)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--patches-per-track", type=int, default=1)
+    train.add_argument("--val-patches-per-track", type=int, default=3)
+    train.add_argument(
+        "--early-stopping-patience",
+        type=int,
+        default=10,
+        help="epochs without a better validation loss (train.py's default is 5; here the "
+        "budget is meant to end the run, and the best checkpoint is kept either way)",
+    )
+    train.add_argument("--lr-patience", type=int, default=2)
+    train.add_argument("--lr-decay-factor", type=float, default=0.2)
+    train.add_argument("--seed", type=int, default=0, help="TrainConfig.seed (weights)")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OMP/torch threads of the training worker and of evaluation (Ray's default for "
+        "the 1-CPU training worker is 1; on a shared, oversubscribed 2-core machine 2 threads "
+        "measured slower)",
+    )
+    train.add_argument("--run-name", default=None, help="default: learning-<UTC timestamp>")
+    train.add_argument("--runs-dir", default=None, help="default: <data-dir>/runs")
+
+    out = p.add_argument_group("outputs")
+    out.add_argument("--results", default=str(ROOT / "bench/results/learning.json"))
+    out.add_argument("--doc", default=str(ROOT / "docs/learning.md"), help="'' to skip")
+    return p.parse_args(argv)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``period`` seconds while a phase runs."""
+
+    def __init__(self, period: float = 15.0) -> None:
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        s = self.samples or [float("nan")]
+        return {
+            "mean_1min": round(statistics.fmean(s), 2),
+            "max_1min": round(max(s), 2),
+            "min_1min": round(min(s), 2),
+            "n_samples": len(self.samples),
+            "period_s": self.period,
+        }
+
+
+def render(name: str, n: int, seed: int, soundfont: str, splits, args) -> dict:
+    """Render (or reuse) one catalogue; the time of the render that made it is kept beside it."""
+    from raytag.catalogue import synthesize
+
+    out = Path(args.data_dir) / name
+    sidecar = out / "bench_render.json"
+    params = {"n_tracks": n, "seed": seed, "duration_s": args.duration, "soundfonts": [soundfont]}
+    params["splits"] = list(splits)
+    start, load_before = time.time(), loadavg()
+    manifest = synthesize(
+        str(out), n, seed, duration_s=args.duration, soundfonts=[soundfont], splits=splits
+    )
+    seconds = time.time() - start
+    previous = json.loads(sidecar.read_text()) if sidecar.exists() else None
+    if previous and previous.get("params") == params and seconds < 5:
+        info = {**previous, "reused": True, "reuse_check_s": round(seconds, 2)}
+    else:
+        info = {
+            "params": params,
+            "render_s": round(seconds, 1),
+            "load_before": load_before,
+            "load_after": loadavg(),
+            "rendered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        sidecar.write_text(json.dumps(info, indent=2) + "\n")
+        info = {**info, "reused": False}
+    info["manifest"] = manifest
+    info.update(describe_catalogue(manifest))
+    log(f"{name}: {n} tracks, render {info['render_s']} s (reused: {info['reused']})")
+    return info
+
+
+def describe_catalogue(manifest: str) -> dict:
+    import pyarrow.parquet as pq
+
+    from raytag.catalogue import VOCABULARY
+
+    rows = pq.read_table(manifest, columns=["tags", "split", "soundfont", "format"]).to_pylist()
+    splits: dict[str, int] = {}
+    for row in rows:
+        splits[row["split"]] = splits.get(row["split"], 0) + 1
+    prevalence = {t: sum(t in row["tags"] for row in rows) / len(rows) for t in VOCABULARY}
+    return {
+        "split_counts": splits,
+        "soundfonts_used": sorted({row["soundfont"] for row in rows}),
+        "formats_used": sorted({row["format"] for row in rows}),
+        "tag_prevalence": {t: round(v, 3) for t, v in prevalence.items()},
+    }
+
+
+# --- training within a budget ----------------------------------------------------------------
+
+
+class BudgetWatchdog:
+    """Follows the run's epochs and ends it when the budget is spent.
+
+    It polls Ray Train's checkpoint snapshot of the run (``fit`` itself returns only the last
+    metrics) to record when each epoch's checkpoint is registered, with its metrics. After an
+    epoch, when the next one would not finish within the budget (predicted from the slower of
+    the last and the median epoch), or at the deadline at the latest, it aborts the run the way
+    Ctrl-C does: SIGINT to this process, whose handler (installed by Ray Train's ``fit``) asks
+    the Train controller to abort the workers.
+    """
+
+    def __init__(self, run_dir: Path, start: float, budget_s: float, period: float = 0.5):
+        self.snapshot = run_dir / "checkpoint_manager_snapshot.json"
+        self.start, self.deadline, self.period = start, start + budget_s, period
+        self.epochs: dict[int, dict] = {}
+        self.aborted: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def epoch_times(self) -> list[float]:
+        times = [self.epochs[e]["t"] for e in sorted(self.epochs)]
+        return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    def _poll(self) -> None:
+        try:
+            latest = json.loads(self.snapshot.read_text())["latest_checkpoint_result"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        metrics = (latest or {}).get("metrics") or {}
+        epoch = metrics.get("epoch")
+        if epoch is not None and epoch not in self.epochs:
+            self.epochs[epoch] = {"t": time.time(), **metrics}
+            log(
+                f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss "
+                f"{metrics['val_loss']:.4f}, lr {metrics['learning_rate']:.2g} "
+                f"({time.time() - self.start:.0f} s, load {loadavg()[0]})"
+            )
+
+    def _abort(self, reason: str) -> None:
+        self.aborted = reason
+        log(f"ending the run: {reason}")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def _run(self) -> None:
+        seen = 0
+        while not self._stop.wait(self.period):
+            self._poll()
+            now = time.time()
+            if self.aborted:
+                continue
+            if now >= self.deadline:
+                self._abort("deadline reached (the epoch in progress is discarded)")
+            elif len(self.epochs) > seen:
+                seen = len(self.epochs)
+                times = self.epoch_times()
+                # Before a second epoch the only estimate is the first, start-up included.
+                estimate = (
+                    max(times[-1], statistics.median(times))
+                    if times
+                    else self.epochs[min(self.epochs)]["t"] - self.start
+                )
+                if now + estimate > self.deadline:
+                    self._abort(
+                        f"another epoch (~{estimate:.0f} s) would not end within the budget "
+                        f"({self.deadline - now:.0f} s left)"
+                    )
+
+    def __enter__(self) -> BudgetWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+
+def best_from_snapshot(run_dir: Path) -> tuple[str, dict]:
+    """The registered checkpoint with the lowest validation loss, read from the run folder
+    (what ``best_checkpoint`` picks, for a run that was aborted and returned no result)."""
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    kept = [r for r in snapshot["checkpoint_results"] if r.get("metrics")]
+    best = min(kept, key=lambda r: r["metrics"]["val_loss"])
+    folder = run_dir / best["checkpoint_dir_name"]
+    if not (folder / "raytag.json").exists():
+        raise RuntimeError(f"best checkpoint {folder} is missing")
+    return str(folder), best["metrics"]
+
+
+def train_within_budget(config, args, run_dir: Path) -> dict:
+    """One ``fit`` with up to ``--max-epochs`` epochs, ended by early stopping or the budget."""
+    import ray
+
+    from raytag.train import best_checkpoint, fit
+
+    budget = args.budget_min * 60
+    start = time.time()
+    error = None
+    with BudgetWatchdog(run_dir, start, budget) as watchdog:
+        try:
+            result = fit(config)
+        except (KeyboardInterrupt, SystemExit, ray.exceptions.RayError) as exc:
+            if not watchdog.aborted:
+                raise
+            result, error = None, exc  # the abort we asked for
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    end = time.time()
+    if result is not None and result.error:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    if result is not None:
+        checkpoint = best_checkpoint(result)
+        folder, metrics = checkpoint.path, None
+    else:
+        folder, metrics = best_from_snapshot(run_dir)
+    epochs = watchdog.epochs
+    best = min(epochs.values(), key=lambda h: h["val_loss"]) if epochs else {}
+    times = watchdog.epoch_times()
+    first = epochs[min(epochs)]["t"] - start if epochs else None
+    median = statistics.median(times) if times else None
+    last = max(epochs) if epochs else 0
+    if result is not None:
+        ended = "early stopping" if last < config.epochs else "max epochs"
+    else:
+        ended = f"budget: {watchdog.aborted}"
+    return {
+        "best_checkpoint_folder": folder,
+        "best_checkpoint": {
+            "path": folder,
+            "epoch": best.get("epoch"),
+            "val_loss": best.get("val_loss") if metrics is None else metrics["val_loss"],
+        },
+        "epochs_run": last,
+        "ended_by": ended,
+        "abort_exception": None if error is None else type(error).__name__,
+        "train_s": round(end - start, 1),
+        "budget_s": budget,
+        "first_epoch_done_s": None if first is None else round(first, 1),
+        "startup_s": None if first is None or median is None else round(first - median, 1),
+        "epoch_s_median": None if median is None else round(median, 1),
+        "epoch_s": [round(t, 1) for t in times],
+        "after_last_epoch_s": round(end - epochs[last]["t"], 1) if epochs else None,
+        "history": [
+            {k: epochs[e][k] for k in ("epoch", "train_loss", "val_loss", "learning_rate")}
+            | {"at_s": round(epochs[e]["t"] - start, 1)}
+            for e in sorted(epochs)
+        ],
+    }
+
+
+# --- evaluation, versions, outputs ----------------------------------------------------------
+
+
+def evaluate(folder: str, manifest: str, split: str | None) -> tuple[dict, float]:
+    from raytag.checkpoint import load_model
+    from raytag.evaluate import evaluate_model
+
+    start = time.time()
+    metrics = evaluate_model(load_model(folder), manifest, split=split)
+    return metrics, round(time.time() - start, 1)
+
+
+def versions() -> dict:
+    import numpy
+    import ray
+    import sklearn
+    import torch
+    import torchaudio
+
+    def run(cmd: list[str]) -> str | None:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return None
+
+    fluidsynth = run(["fluidsynth", "--version"])
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__,
+        "ray": ray.__version__,
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "fluidsynth": fluidsynth.splitlines()[0] if fluidsynth else None,
+        "git_commit": run(["git", "rev-parse", "HEAD"]),
+        "git_dirty_files": len((run(["git", "status", "--porcelain"]) or "").splitlines()),
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "gpu": torch.cuda.is_available(),
+        "platform": platform.platform(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def compact(metrics: dict) -> dict:
+    """The metrics without their bulky pass-through fields."""
+    keep = ("macro_roc_auc", "macro_pr_auc", "n_tracks", "n_tags_scored", "manifest", "split")
+    out = {k: metrics.get(k) for k in keep}
+    out["n_errors"] = len(metrics.get("errors", []))
+    out["per_tag"] = [
+        {k: row[k] for k in ("tag", "n_positive", "n_negative", "roc_auc", "pr_auc")}
+        for row in metrics["per_tag"]
+    ]
+    return out
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def write_doc(path: Path, report: dict) -> None:
+    held, ind = report["evaluation"]["heldout"], report["evaluation"]["in_distribution"]
+    tr, cat, cfg = report["training"], report["catalogues"], report["config"]
+    old = path.read_text() if path.exists() else ""
+    if COMMENTARY_START in old and COMMENTARY_END in old:
+        commentary = old.split(COMMENTARY_START, 1)[1].split(COMMENTARY_END, 1)[0].strip("\n")
+    else:
+        commentary = "_No commentary yet: read the tables and add it here._"
+    verdict = "meets" if (held["macro_roc_auc"] or 0) >= BAR else "does not meet"
+    model = cfg["train_config"]["model"]
+    overrides = cfg["train_config"]["model_overrides"]
+    t = report["timings_s"]
+    rows = []
+    ind_by_tag = {r["tag"]: r for r in ind["per_tag"]}
+    for r in held["per_tag"]:
+        i = ind_by_tag[r["tag"]]
+        drop = None if r["roc_auc"] is None or i["roc_auc"] is None else i["roc_auc"] - r["roc_auc"]
+        rows.append(
+            f"| {r['tag']} | {i['n_positive']} | {fmt(i['roc_auc'])} | {fmt(i['pr_auc'])} "
+            f"| {r['n_positive']} | {fmt(r['roc_auc'])} | {fmt(r['pr_auc'])} | {fmt(drop)} |"
+        )
+    history = "\n".join(
+        f"| {h['epoch']} | {h['at_s']:.0f} | {h['train_loss']:.4f} | {h['val_loss']:.4f} "
+        f"| {h['learning_rate']:.2g} |"
+        for h in tr["history"]
+    )
+    load = report["load_average"]
+    text = f"""# Learning benchmark: held-out SoundFont
+
+Generated by `bench/learning.py` on {report["finished_at"]} (raw numbers:
+[`bench/results/learning.json`](../bench/results/learning.json)). Reproduce with:
+
+```
+{report["command"]}
+```
+
+## Result
+
+| | macro ROC-AUC | macro PR-AUC | tracks |
+|---|---|---|---|
+| held-out catalogue (other SoundFont, other seed) | **{fmt(held["macro_roc_auc"])}** \
+| {fmt(held["macro_pr_auc"])} | {held["n_tracks"]} |
+| training catalogue, its own test split (in-distribution) | {fmt(ind["macro_roc_auc"])} \
+| {fmt(ind["macro_pr_auc"])} | {ind["n_tracks"]} |
+
+The bar is macro ROC-AUC >= {BAR:.2f} on the held-out catalogue within about 30 minutes of
+CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
+{tr["train_s"] / 60:.1f} min of training, {tr["epochs_run"]} epoch(s)).
+
+## What was measured
+
+- Training catalogue: {cat["train"]["params"]["n_tracks"]} tracks of \
+{cat["train"]["params"]["duration_s"]:g} s, seed {cat["train"]["params"]["seed"]}, rendered with
+  `{Path(cat["train"]["params"]["soundfonts"][0]).name}` only; splits \
+{cat["train"]["split_counts"]}.
+- Held-out catalogue: {cat["heldout"]["params"]["n_tracks"]} tracks, seed \
+{cat["heldout"]["params"]["seed"]}, rendered with
+  `{Path(cat["heldout"]["params"]["soundfonts"][0]).name}` only, which training never heard.
+  Same generator (`raytag.catalogue`, same arrangement vocabulary), so this measures
+  generalisation across SoundFonts and compositions, not across generators.
+- Model: preset `{model}` (overrides: {overrides or "none"}), {report["model_parameters"]:,}
+  parameters. Adam, learning rate {cfg["train_config"]["learning_rate"]}, batch \
+{cfg["train_config"]["batch_size"]},
+  {cfg["train_config"]["patches_per_track"]} random 3 s patch per training track per epoch,
+  {cfg["train_config"]["val_patches_per_track"]} fixed validation patches per track,
+  BCE-with-logits. Learning rate x{cfg["train_config"]["lr_decay_factor"]} after \
+{cfg["train_config"]["lr_patience"]} epochs
+  without a better validation loss; early stopping after \
+{cfg["train_config"]["early_stopping_patience"]} such epochs.
+  Training worker and evaluation: {cfg["args"]["threads"]} torch thread(s).
+- Training budget: {tr["budget_s"] / 60:g} min wall clock for the whole `fit` (decoding
+  into Ray's object store, start-up, epochs, checkpoints), enforced by a watchdog that aborts
+  the run (Ray Train's Ctrl-C abort) when the next epoch would not end within the budget.
+  Start-up before the first epoch about {tr["startup_s"]} s, median epoch \
+{tr["epoch_s_median"]} s;
+  the run ended by {tr["ended_by"]}.
+- Evaluated checkpoint: the lowest validation loss (training catalogue's valid split); the
+  held-out catalogue played no part in any choice. Tracks are scored whole (every 3 s patch,
+  mean sigmoid), ROC-AUC and PR-AUC per tag, macro = unweighted mean over tags.
+- Machine: {report["machine"]["cpu_count"]} CPU cores ({report["machine"]["cpu_model"]}), no GPU,
+  shared with other engineers' jobs: load average during training mean \
+{load["train"]["mean_1min"]}
+  (max {load["train"]["max_1min"]}) on 2 cores, so the times are noisy and a quiet machine would
+  fit more epochs in the same budget.
+
+| phase | seconds |
+|---|---|
+| render training catalogue | {t["render_train"]} |
+| render held-out catalogue | {t["render_heldout"]} |
+| training (budgeted) | {t["train"]} |
+| evaluate held-out | {t["eval_heldout"]} |
+| evaluate in-distribution | {t["eval_in_distribution"]} |
+| whole script (this invocation) | {t["total"]} |
+
+Rendering times are those of the run that rendered the catalogues (a rerun reuses them).
+
+## Per tag (ROC-AUC, PR-AUC)
+
+"drop" is in-distribution ROC-AUC minus held-out ROC-AUC.
+
+| tag | pos (in-dist) | ROC-AUC in-dist | PR-AUC in-dist | pos (held-out) | ROC-AUC held-out \
+| PR-AUC held-out | drop |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Commentary
+
+{COMMENTARY_START}
+{commentary}
+{COMMENTARY_END}
+
+## Training history
+
+| epoch | at (s) | train loss | val loss | learning rate |
+|---|---|---|---|---|
+{history}
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join([".venv/bin/python", "bench/learning.py", *given])
+    if os.path.realpath(args.train_soundfont) == os.path.realpath(args.heldout_soundfont):
+        raise SystemExit("the held-out SoundFont must differ from the training one")
+    if args.train_seed == args.heldout_seed:
+        raise SystemExit("the held-out catalogue needs another seed")
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    load_start = loadavg()
+    log(f"load average {load_start} on {os.cpu_count()} CPUs")
+
+    def tag(sf: str) -> str:
+        return Path(sf).stem.lower().replace("_", "")
+
+    train_name = f"train-{tag(args.train_soundfont)}-s{args.train_seed}-n{args.n_tracks}"
+    train_name += f"-d{args.duration:g}"
+    held_name = f"heldout-{tag(args.heldout_soundfont)}-s{args.heldout_seed}"
+    held_name += f"-n{args.heldout_tracks}-d{args.duration:g}"
+    catalogues = {
+        "train": render(
+            train_name, args.n_tracks, args.train_seed, args.train_soundfont, (0.8, 0.1, 0.1), args
+        ),
+        "heldout": render(
+            held_name,
+            args.heldout_tracks,
+            args.heldout_seed,
+            args.heldout_soundfont,
+            (0.0, 0.0, 1.0),
+            args,
+        ),
+    }
+    if args.render_only:
+        return 0
+
+    # Ray gives each actor OMP_NUM_THREADS = its CPUs (1 for the training worker) unless the
+    # variable is already set; the workers inherit it from here.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import ray
+    import torch
+
+    from raytag.catalogue import VOCABULARY
+    from raytag.models import build_model
+    from raytag.train import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    run_name = args.run_name or "learning-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    runs_dir = Path(args.runs_dir or Path(args.data_dir) / "runs").resolve()
+    config = TrainConfig(
+        manifest=catalogues["train"]["manifest"],
+        model=args.model,
+        model_overrides=overrides,
+        vocabulary=tuple(VOCABULARY),
+        epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        early_stopping_patience=args.early_stopping_patience,
+        lr_decay_factor=args.lr_decay_factor,
+        lr_patience=args.lr_patience,
+        patches_per_track=args.patches_per_track,
+        val_patches_per_track=args.val_patches_per_track,
+        num_workers=1,
+        use_gpu=False,
+        storage_path=str(runs_dir),
+        run_name=run_name,
+        seed=args.seed,
+    )
+    n_params = sum(
+        p.numel() for p in build_model(args.model, n_tags=len(VOCABULARY), **overrides).parameters()
+    )
+    log(f"run {run_name}: {args.model} {overrides or ''} ({n_params:,} parameters)")
+    with LoadSampler() as train_load:
+        training = train_within_budget(config, args, runs_dir / run_name)
+    log(f"{training['epochs_run']} epochs in {training['train_s']} s ({training['ended_by']})")
+    ray.shutdown()  # evaluation runs here, in this process; give the CPUs back first
+
+    folder = training.pop("best_checkpoint_folder")
+    with LoadSampler() as eval_load:
+        heldout, heldout_s = evaluate(folder, catalogues["heldout"]["manifest"], None)
+        log(f"held-out macro ROC-AUC {fmt(heldout['macro_roc_auc'])} ({heldout_s} s)")
+        in_dist, in_dist_s = evaluate(folder, catalogues["train"]["manifest"], "test")
+        log(f"in-distribution macro ROC-AUC {fmt(in_dist['macro_roc_auc'])} ({in_dist_s} s)")
+
+    report = {
+        "benchmark": "learning",
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "bar": {"macro_roc_auc_heldout": BAR, "met": (heldout["macro_roc_auc"] or 0) >= BAR},
+        "config": {
+            "args": vars(args),
+            "train_config": asdict(config),
+        },
+        "model_parameters": n_params,
+        "catalogues": catalogues,
+        "training": {**training, "run_dir": str(runs_dir / run_name)},
+        "evaluation": {"heldout": compact(heldout), "in_distribution": compact(in_dist)},
+        "timings_s": {
+            "render_train": catalogues["train"]["render_s"],
+            "render_heldout": catalogues["heldout"]["render_s"],
+            "train": training["train_s"],
+            "eval_heldout": heldout_s,
+            "eval_in_distribution": in_dist_s,
+            "total": round(time.time() - t0, 1),
+        },
+        "machine": machine(),
+        "load_average": {
+            "start": load_start,
+            "end": loadavg(),
+            "train": train_load.summary(),
+            "eval": eval_load.summary(),
+        },
+        "versions": versions(),
+    }
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
+    log(f"wrote {results}")
+    if args.doc:
+        write_doc(Path(args.doc), report)
+        log(f"wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
