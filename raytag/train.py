@@ -30,6 +30,7 @@ from raytag.audio import AudioError, decode
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model
+from raytag.models.inference import bf16_autocast
 from raytag.patching import split_patches
 
 log = logging.getLogger(__name__)
@@ -195,12 +196,6 @@ def _unwrap(model: torch.nn.Module) -> Tagger:
     return model.module if hasattr(model, "module") else model
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
-    )
-
-
 def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
     values = torch.tensor([total, count], dtype=torch.float64, device=device)
     if train.get_context().get_world_size() > 1:
@@ -245,7 +240,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for batch in train_shard.iter_torch_batches(
             batch_size=config.batch_size, dtypes=torch.float32, device=device
         ):
-            with _autocast(device, use_amp):
+            with bf16_autocast(device, use_amp):
                 logits = model(batch["patch"])
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch["target"])
             optimiser.zero_grad(set_to_none=True)
@@ -260,7 +255,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for batch in valid_shard.iter_torch_batches(
                 batch_size=config.batch_size, dtypes=torch.float32, device=device
             ):
-                with _autocast(device, use_amp):
+                with bf16_autocast(device, use_amp):
                     logits = model(batch["patch"])
                 val_total += (
                     F.binary_cross_entropy_with_logits(

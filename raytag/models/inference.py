@@ -24,7 +24,8 @@ class TrackPrediction:
     n_patches: int
 
 
-def _autocast(device: torch.device, bf16: bool):
+def bf16_autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on GPU (training and inference alike); a no-op on CPU."""
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -42,7 +43,7 @@ def predict_patches(
     patches = torch.as_tensor(patches, dtype=torch.float32)
     scores, embeddings = [], []
     for chunk in patches.split(batch_size):
-        with _autocast(device, bf16):
+        with bf16_autocast(device, bf16):
             logits, embedding = model.embed(chunk.to(device, non_blocking=True))
         scores.append(torch.sigmoid(logits.float()).cpu())
         embeddings.append(embedding.float().cpu())
