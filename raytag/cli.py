@@ -215,6 +215,12 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--early-stopping-patience", default=5, show_default=True)
 @click.option("--patches-per-track", default=1, show_default=True)
 @click.option(
+    "--shuffle-buffer",
+    default=256,
+    show_default=True,
+    help="Training patches mixed in a local shuffle buffer on each worker (0: off).",
+)
+@click.option(
     "--cache-decoded/--no-cache-decoded",
     default=True,
     show_default=True,
@@ -248,9 +254,9 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 def train_command(
     manifest: str, model: str, overrides: tuple[str, ...], vocabulary: str | None, epochs: int,
     batch_size: int, learning_rate: float, early_stopping_patience: int, patches_per_track: int,
-    cache_decoded: bool, num_workers: int, use_gpu: bool | None, storage_path: str,
-    run_name: str, max_failures: int, experiment: str, registered_model: str | None,
-    alias: str | None, ray_address: str | None, seed: int,
+    shuffle_buffer: int, cache_decoded: bool, num_workers: int, use_gpu: bool | None,
+    storage_path: str, run_name: str, max_failures: int, experiment: str,
+    registered_model: str | None, alias: str | None, ray_address: str | None, seed: int,
 ) -> None:  # fmt: skip
     """Train with Ray Train, evaluate the test split, log to MLflow and register the model."""
     import ray
@@ -261,7 +267,8 @@ def train_command(
         manifest=manifest, model=model, model_overrides=_parse_overrides(overrides),
         vocabulary=_vocabulary(vocabulary), epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, early_stopping_patience=early_stopping_patience,
-        patches_per_track=patches_per_track, cache_decoded=cache_decoded,
+        patches_per_track=patches_per_track, shuffle_buffer=shuffle_buffer,
+        cache_decoded=cache_decoded,
         num_workers=num_workers, use_gpu=use_gpu,
         storage_path=storage_path, run_name=run_name, max_failures=max_failures, seed=seed,
     )  # fmt: skip

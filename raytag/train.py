@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ class TrainConfig:
     lr_decay_factor: float = 0.2  # learning-rate decay on a validation-loss plateau
     lr_patience: int = 2
     patches_per_track: int = 1  # random training patches per track per epoch
+    shuffle_buffer: int = 256  # training patches shuffled locally on each worker (0: off)
     val_patches_per_track: int = 3  # evenly spaced, fixed validation patches
     patch_seconds: float = 3.0
     cache_decoded: bool = True  # keep decoded audio in the object store between epochs
@@ -237,9 +240,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
         model.train()
         train_total, train_count = 0.0, 0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config.batch_size, dtypes=torch.float32, device=device
-        ):
+        batches = train_shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            dtypes=torch.float32,
+            device=device,
+            local_shuffle_buffer_size=config.shuffle_buffer or None,
+            local_shuffle_seed=config.seed * 100_003 + epoch if config.shuffle_buffer else None,
+        )
+        clock = _DataClock(batches)
+        for batch in clock:
             with bf16_autocast(device, use_amp):
                 logits = model(batch["patch"])
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch["target"])
@@ -264,6 +273,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     / batch["target"].shape[1]
                 )
                 val_count += len(logits)
+        train_seconds = clock.elapsed()
         train_loss = _all_reduce_mean(train_total, train_count, device)
         val_loss = _all_reduce_mean(val_total, val_count, device)
         scheduler.step(val_loss)
@@ -280,8 +290,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "best_val_loss": state["best_val_loss"],
             "learning_rate": optimiser.param_groups[0]["lr"],
             "start_epoch": start_epoch,
+            # Throughput of this worker's training pass, and the share of it spent waiting
+            # for the next batch (decode, crop, transfer) rather than computing.
+            "train_samples_per_s_per_worker": train_count / max(train_seconds, 1e-9),
+            "data_wait_fraction": clock.waited / max(train_seconds, 1e-9),
         }
         _report(metrics, model, optimiser, scheduler, state, vocabulary, config, loop_config)
+
+
+class _DataClock:
+    """Iterates batches and times how long the loop waited for each one."""
+
+    def __init__(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+        self.waited = 0.0
+        self.started = time.perf_counter()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        iterator = iter(self.batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(iterator, None)
+            self.waited += time.perf_counter() - asked
+            if batch is None:
+                return
+            yield batch
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def _report(metrics, model, optimiser, scheduler, state, vocabulary, config, loop_config) -> None:

@@ -33,7 +33,11 @@ def small_config(manifest: str, tmp_path: Path, **overrides) -> TrainConfig:
 def test_training_learns_and_registers_in_mlflow(
     demo_catalogue: str, tmp_path: Path, mlflow_env: str
 ) -> None:
-    config = small_config(demo_catalogue, tmp_path, epochs=10, patches_per_track=2,
+    # Many small shuffled steps (4 crops per track, batches of 8) and all 10 epochs: the
+    # recipe that learns register from 56 training tracks. Judged on 100 held-out tracks,
+    # six runs measured loud/quiet 0.993-0.999 and register 0.748-0.781.
+    config = small_config(demo_catalogue, tmp_path, epochs=10, batch_size=8,
+                          patches_per_track=4, early_stopping_patience=100,
                           run_name="learn")  # fmt: skip
     summary = run_training(
         config, experiment="train-test", registered_model="tagger", alias="champion"
@@ -45,7 +49,7 @@ def test_training_learns_and_registers_in_mlflow(
     # seed are told apart on the tags that are easy to hear.
     loaded = registry.load("models:/tagger@champion")
     assert (loaded.name, loaded.version, loaded.vocabulary) == ("tagger", "1", list(VOCABULARY))
-    heldout = synthesize(str(tmp_path / "heldout"), 40, seed=4, duration_s=6.0,
+    heldout = synthesize(str(tmp_path / "heldout"), 100, seed=4, duration_s=6.0,
                          splits=(0.0, 0.0, 1.0))  # fmt: skip
     metrics = evaluate_model(loaded, heldout, split="test")
     auc = {row["tag"]: row["roc_auc"] for row in metrics["per_tag"]}
@@ -58,6 +62,12 @@ def test_training_learns_and_registers_in_mlflow(
     assert run.data.params["epochs"] == "10"
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == list(range(1, 11))
+    # Every epoch reports its data-path health: throughput and time spent waiting for data.
+    waits = client.get_metric_history(run.info.run_id, "data_wait_fraction")
+    speeds = client.get_metric_history(run.info.run_id, "train_samples_per_s_per_worker")
+    assert len(waits) == len(speeds) == 10
+    assert all(0.0 <= m.value < 1.0 for m in waits), [m.value for m in waits]
+    assert all(m.value > 0 for m in speeds)
     assert "test_macro_roc_auc" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/test")}
     assert {"evaluation/test/roc_curves.png", "evaluation/test/per_tag_roc_auc.png"} <= artifacts
