@@ -324,23 +324,52 @@ def _join_ray(address: str | None) -> None:
     "--embedding/--no-embedding", default=False, show_default=True, help="Write the embedding."
 )
 @click.option("--decode-batch-size", default=8, show_default=True, help="Tracks per decode task.")
-@click.option("--decode-tasks", type=int, default=None, help="Concurrent decode tasks cap.")
+@click.option(
+    "--decode-tasks", type=int, default=None, help="Concurrent decode tasks cap (default: auto)."
+)
+@click.option(
+    "--decode-cpus",
+    type=float,
+    default=None,
+    help="CPUs a decode task reserves (default: 1 with GPUs, 0.25 on CPU-only clusters).",
+)
 @click.option("--decode-memory-mb", default=1024, show_default=True, help="Per decode task.")
 @click.option("--predict-batch-size", default=16, show_default=True, help="Tracks per model call.")
-@click.option("--patch-batch-size", default=128, show_default=True, help="Patches per forward.")
-@click.option("--actors", type=int, default=None, help="Model replicas (default: one per GPU).")
-@click.option("--cpus-per-actor", default=1.0, show_default=True, help="For CPU actors.")
+@click.option(
+    "--patch-batch-size",
+    type=int,
+    default=None,
+    help="Patches per forward pass (default: 256 on GPU, 8 on CPU).",
+)
+@click.option(
+    "--actors", type=int, default=None, help="Model replicas (default: one per GPU, else per CPU)."
+)
+@click.option(
+    "--cpus-per-actor",
+    type=float,
+    default=None,
+    help="CPUs an actor reserves; CPU actors run that many torch threads (default: 1 on GPU "
+    "nodes, 0.75 on CPU-only clusters: one single-threaded replica per core).",
+)
 @click.option(
     "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
 )
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on GPU.")
+@click.option(
+    "--compile/--no-compile",
+    default=False,
+    show_default=True,
+    help="torch.compile the model in each actor (~35 %% faster on CPU; ~20 s to compile).",
+)
 @click.option("--rows-per-file", default=1000, show_default=True, help="Rows per write task.")
 @_ray_address_option
 def tag_command(
     manifest: str, model_uri: str, output: str, max_patches: int, top_k: int, embedding: bool,
-    decode_batch_size: int, decode_tasks: int | None, decode_memory_mb: int,
-    predict_batch_size: int, patch_batch_size: int, actors: int | None, cpus_per_actor: float,
-    use_gpu: bool | None, bf16: bool, rows_per_file: int, ray_address: str | None,
+    decode_batch_size: int, decode_tasks: int | None, decode_cpus: float | None,
+    decode_memory_mb: int, predict_batch_size: int, patch_batch_size: int | None,
+    actors: int | None, cpus_per_actor: float | None,
+    use_gpu: bool | None, bf16: bool, compile: bool, rows_per_file: int,
+    ray_address: str | None,
 ) -> None:  # fmt: skip
     """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
@@ -348,10 +377,10 @@ def tag_command(
 
     options = TagOptions(
         max_patches=max_patches or None, top_k=top_k, embedding=embedding,
-        decode_batch_size=decode_batch_size, decode_tasks=decode_tasks,
+        decode_batch_size=decode_batch_size, decode_tasks=decode_tasks, decode_cpus=decode_cpus,
         decode_memory_mb=decode_memory_mb, predict_batch_size=predict_batch_size,
         patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-        use_gpu=use_gpu, bf16=bf16, rows_per_file=rows_per_file,
+        use_gpu=use_gpu, bf16=bf16, compile=compile, rows_per_file=rows_per_file,
     )  # fmt: skip
     _join_ray(ray_address)
     try:

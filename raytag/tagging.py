@@ -33,6 +33,7 @@ light tasks (reconciliation, writing, counting) start without loading them.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 import uuid
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces import TaskContext
 
     from raytag.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 ERRORS = "errors"
@@ -114,31 +117,95 @@ class IncompleteRunError(RuntimeError):
 @dataclass(frozen=True)
 class TagOptions:
     """How a run is cut into work. Only ``max_patches`` (the long-track policy: K evenly
-    spaced patches per track, None for all) changes what a track's scores are."""
+    spaced patches per track, None for all) changes what a track's scores are.
+
+    ``None`` means "decide from the cluster": GPU and CPU clusters want different layouts
+    (see ``resolved``; the numbers behind the defaults are in docs/benchmarks.md).
+    """
 
     max_patches: int | None = 32  # at most 96 s of audio per track: bounds worker memory
     top_k: int = 5
     embedding: bool = False
     decode_batch_size: int = 8  # tracks per decode task
-    decode_tasks: int | None = None  # concurrent decode tasks; None: as many as CPUs allow
+    decode_tasks: int | None = None  # concurrent decode tasks; None: see resolved()
+    # Logical CPUs a decode task reserves. None: 1 where GPUs do the model (decoding is
+    # the bottleneck there), 0.25 on CPU-only clusters, where the model is ~95 % of the
+    # work and every core should run it.
+    decode_cpus: float | None = None
     # Reserved per decode task (Ray's memory resource), so a node never runs more decodes
     # than fit. Declaring it also keeps decoding out of the model actors: Ray Data fuses
     # stages whose resource requests are equal.
     decode_memory_mb: int = 1024
     predict_batch_size: int = 16  # tracks per model call
-    patch_batch_size: int = 128  # patches per forward pass
-    actors: int | None = None  # model replicas; None: one per GPU, else half the CPUs
-    cpus_per_actor: float = 1.0  # CPU actors only
+    # Patches per forward pass. None: 256 on GPU; 8 on CPU, where larger batches run
+    # slower (activations fall out of cache).
+    patch_batch_size: int | None = None
+    actors: int | None = None  # model replicas; None: one per GPU, else see resolved()
+    # Logical CPUs per CPU actor; it runs that many torch threads (at least one), never
+    # more, so replicas do not oversubscribe the cores. None: see resolved().
+    cpus_per_actor: float | None = None
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     bf16: bool = True  # autocast, GPU only
+    # torch.compile the model in each actor: ~35 % more patches/s on CPU, outputs within
+    # 1e-5; costs ~15-20 s per actor once and needs a C++ compiler on CPU nodes (an actor
+    # whose compile fails falls back to eager). Off by default: it pays on long runs.
+    compile: bool = False
     rows_per_file: int = 1000  # rows gathered per write task: at most one file pair each
 
     def __post_init__(self) -> None:
-        for name in ("decode_batch_size", "predict_batch_size", "patch_batch_size", "top_k"):
+        for name in ("decode_batch_size", "predict_batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("patch_batch_size", "actors", "decode_tasks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be None (automatic) or >= 1")
+        for name in ("cpus_per_actor", "decode_cpus"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be None (automatic) or >= 0")
         if self.max_patches is not None and self.max_patches < 1:
             raise ValueError("max_patches must be None (all patches) or >= 1")
+
+    def resolved(self, cluster: dict[str, float]) -> TagOptions:
+        """Every automatic option decided for a cluster (``ray.cluster_resources()``).
+
+        With GPUs: one actor per GPU, 256-patch forwards, decode tasks of 1 CPU each on
+        every CPU. CPU only: one single-threaded actor per CPU at 0.75 of a logical CPU
+        (measured faster than fewer multi-threaded ones), 8-patch forwards, and decode
+        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~5 % of the work.
+        """
+        cpus = max(1, int(cluster.get("CPU", 1)))
+        use_gpu = self.use_gpu if self.use_gpu is not None else cluster.get("GPU", 0) >= 1
+        if use_gpu:
+            defaults = {
+                "actors": max(1, int(cluster.get("GPU", 1))),
+                "cpus_per_actor": 1.0,
+                "patch_batch_size": 256,
+                "decode_cpus": 1.0,
+                "decode_tasks": cpus,
+            }
+        else:
+            defaults = {
+                "actors": cpus,
+                "cpus_per_actor": 0.75,
+                "patch_batch_size": 8,
+                "decode_cpus": 0.25,
+                "decode_tasks": max(1, cpus // 4),
+            }
+        chosen = {
+            k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()
+        }
+        resolved = replace(self, use_gpu=use_gpu, **chosen)
+        actor_cpus = resolved.actors * resolved.cpus_per_actor
+        if not use_gpu and actor_cpus + resolved.decode_cpus > cluster.get("CPU", 0) - 0.25:
+            # Seen here: one actor at 1.75 CPUs on a 2-CPU node stalled the run for good.
+            log.warning(
+                "model actors reserve %.2f of %s CPUs and a decode task %.2f: Ray Data may "
+                "find no CPU to decode on and stall; leave at least 0.25 CPU spare",
+                actor_cpus,
+                cluster.get("CPU", 0),
+                resolved.decode_cpus,
+            )
+        return resolved
 
 
 # -- the pipeline ----------------------------------------------------------------------
@@ -162,7 +229,7 @@ def tag_catalogue(
     pending, n_pending = _pending_rows(manifest, output)
     sink = TagSink(output, prediction_schema(manifest, options).names, options.rows_per_file)
     if n_pending:
-        use_gpu = _use_gpu(options)
+        options = options.resolved(ray.cluster_resources())
         (
             pending.repartition(target_num_rows_per_block=options.decode_batch_size)
             .map_batches(
@@ -170,7 +237,7 @@ def tag_catalogue(
                 fn_kwargs={"audio": audio},
                 batch_size=options.decode_batch_size,
                 batch_format="pyarrow",
-                num_cpus=1,
+                num_cpus=options.decode_cpus,
                 memory=options.decode_memory_mb * 2**20,
                 compute=ray.data.TaskPoolStrategy(size=options.decode_tasks),
             )
@@ -181,8 +248,12 @@ def tag_catalogue(
                 batch_format="pyarrow",
                 # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
                 # dead actor and retry its batch on the replacement.
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_actors(options, use_gpu)),
-                **({"num_gpus": 1} if use_gpu else {"num_cpus": options.cpus_per_actor}),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
+                **(
+                    {"num_gpus": 1, "num_cpus": options.cpus_per_actor}
+                    if options.use_gpu
+                    else {"num_cpus": options.cpus_per_actor}
+                ),
             )
             .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
         )
@@ -255,26 +326,42 @@ class TagPredictor:
         import torch
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            # As many threads as CPUs reserved: Ray's OMP_NUM_THREADS is not relied upon.
+            torch.set_num_threads(max(1, round(options.cpus_per_actor or 1)))
         self.model = model.model.to(self.device).eval()
         self.name, self.version = model.name, model.version
         self.vocabulary = np.asarray(model.vocabulary, dtype=object)
         self.patch_samples = model.audio.patch_samples
         self.options = options
+        self.embed = None
+        if options.compile:
+            from raytag.models.inference import compiled_embed
+
+            self.embed = compiled_embed(self.model)
+
+    def _predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from raytag.models.inference import predict_patches
+
+        args = (self.model, patches, self.options.patch_batch_size, self.options.bf16)
+        if self.embed is None:
+            return predict_patches(*args)
+        try:
+            return predict_patches(*args, embed=self.embed)
+        except Exception as error:  # torch.compile's failures have no common base class
+            log.warning("torch.compile failed in this actor, running eager: %s", error)
+            self.embed = None
+            return predict_patches(*args)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from raytag.models.inference import average_by_track, predict_patches
+        from raytag.models.inference import average_by_track
 
         ok = pc.is_null(batch[ERROR_CODE])
         good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
         columns = None
         if good.num_rows:
             flat = pc.list_flatten(good[_PATCHES]).to_numpy()
-            patch_scores, patch_embeddings = predict_patches(
-                self.model,
-                flat.reshape(-1, self.patch_samples),
-                self.options.patch_batch_size,
-                self.options.bf16,
-            )
+            patch_scores, patch_embeddings = self._predict(flat.reshape(-1, self.patch_samples))
             counts = good["n_patches"].to_numpy()
             columns = self._prediction_columns(
                 average_by_track(patch_scores, counts).astype(np.float32),
@@ -375,21 +462,6 @@ def prediction_schema(manifest: Manifest, options: TagOptions) -> pa.Schema:
     if options.embedding:
         fields.append(pa.field("embedding", _SCORES))
     return pa.schema(fields)
-
-
-def _use_gpu(options: TagOptions) -> bool:
-    if options.use_gpu is not None:
-        return options.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
-
-
-def _actors(options: TagOptions, use_gpu: bool) -> int:
-    if options.actors:
-        return options.actors
-    resources = ray.cluster_resources()
-    if use_gpu:
-        return max(1, int(resources.get("GPU", 1)))
-    return max(1, int(resources.get("CPU", 2) // 2))
 
 
 def _set_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:

@@ -66,6 +66,7 @@ class TrainConfig:
     storage_path: str = "runs"
     run_name: str = "raytag"
     max_failures: int = 3
+    keep_checkpoints: int = 2  # the best ones by validation loss (their metrics stay too)
     seed: int = 0
 
     def audio(self) -> AudioConfig:
@@ -379,7 +380,9 @@ def fit(
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+                num_to_keep=config.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
             ),
         ),
         datasets=build_datasets(config, vocabulary),

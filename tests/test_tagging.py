@@ -318,6 +318,39 @@ def test_cli_defaults_are_the_tag_options_defaults() -> None:
     assert shown == defaults
 
 
+def test_automatic_options_fit_the_cluster() -> None:
+    cpu = TagOptions().resolved({"CPU": 8.0})
+    # CPU only: a single-threaded replica per core, small forwards, light decode tasks;
+    # the reservations fit the node, so decoding never waits for a model actor to end.
+    assert (cpu.use_gpu, cpu.actors, cpu.cpus_per_actor, cpu.patch_batch_size) == (
+        False, 8, 0.75, 8)  # fmt: skip
+    assert (cpu.decode_cpus, cpu.decode_tasks) == (0.25, 2)
+    assert cpu.actors * cpu.cpus_per_actor + cpu.decode_tasks * cpu.decode_cpus <= 8
+    gpu = TagOptions().resolved({"CPU": 16.0, "GPU": 2.0})
+    assert (gpu.use_gpu, gpu.actors, gpu.patch_batch_size) == (True, 2, 256)
+    assert (gpu.decode_cpus, gpu.decode_tasks) == (1.0, 16)
+    # What the user set wins; --no-gpu on a GPU cluster gets the CPU layout.
+    mine = TagOptions(actors=3, patch_batch_size=32, use_gpu=False).resolved({"CPU": 16, "GPU": 2})
+    assert (mine.use_gpu, mine.actors, mine.patch_batch_size, mine.decode_cpus) == (
+        False, 3, 32, 0.25)  # fmt: skip
+    for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1}):
+        with pytest.raises(ValueError, match="must be None"):
+            TagOptions(**bad)
+
+
+def test_compiled_model_scores_like_the_eager_model(catalogue: Catalogue) -> None:
+    """--compile runs torch.compile's code, which must score as the plain model does."""
+    from raytag.models.inference import compiled_embed
+
+    loaded = load_model(catalogue.model)
+    patches = np.random.default_rng(0).standard_normal((11, 48_000)).astype(np.float32)
+    eager = predict_patches(loaded.model, patches, batch_size=4)
+    compiled = predict_patches(loaded.model, patches, batch_size=4,
+                               embed=compiled_embed(loaded.model))  # fmt: skip
+    for plain, fast in zip(eager, compiled, strict=True):
+        np.testing.assert_allclose(fast, plain, atol=1e-4)
+
+
 # -- failures: a killed model actor, a killed job -----------------------------------------
 
 

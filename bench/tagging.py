@@ -1,0 +1,455 @@
+"""Tagging speed against the machine's ceilings and a naive loop, on the same inputs.
+
+For each model (the paper's full ``spectrogram`` and ``waveform`` presets):
+
+- decode ceiling: decode + resample + patch only, one process per core;
+- model ceiling: forward passes only, on already-decoded patches, one process using every
+  core, at the best batch size (plain eager model and raytag's inference model);
+- naive loop: for each file, decode then predict its patches one at a time (batch 1),
+  as single-file taggers do;
+- ``raytag tag`` end to end on a fresh local Ray: read manifest -> decode -> model
+  actors -> write Parquet -> verify.
+
+Inputs: 30-s clips cut from the Debian music packages (MP3, 44.1 kHz stereo), those
+tracks at full length (OGG/MP3), and generated catalogue tracks (mixed formats). Every
+stage runs in its own child process, so peak RSS figures are the stage's own.
+
+    .venv/bin/python bench/tagging.py                   # both models, all inputs
+    .venv/bin/python bench/tagging.py --models spectrogram --quick
+
+Results: bench/results/tagging.json; summary in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "tagging"
+RESULTS = HERE / "results" / "tagging.json"
+DEBIAN_MUSIC = ("/usr/share/games/singularity/music/*.ogg", "/usr/share/games/asc/music/*.mp3")
+CLIP_OFFSETS_S = (30, 90, 150)
+BATCH_SIZES = (1, 8, 32, 64, 128)
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def make_inputs(n_generated: int, quick: bool) -> dict[str, list[str]]:
+    """The three input kinds, made once under bench/data/tagging."""
+    full = sorted(p for pattern in DEBIAN_MUSIC for p in glob.glob(pattern))
+    if not full:
+        sys.exit("no Debian music found: `make setup` installs singularity-music and asc-music")
+    if quick:
+        full = full[:4]
+    clips_dir = DATA / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for track in full:
+        for offset in CLIP_OFFSETS_S:
+            clip = clips_dir / f"{Path(track).stem.replace(' ', '_')}-{offset}.mp3"
+            if not clip.exists():
+                subprocess.run(
+                    ["ffmpeg", "-v", "error", "-y", "-ss", str(offset), "-t", "30", "-i", track,
+                     "-ar", "44100", "-ac", "2", "-b:a", "192k", str(clip)],
+                    check=True,
+                )  # fmt: skip
+            clips.append(str(clip))
+    generated_dir = DATA / f"generated-{n_generated}"
+    if not (generated_dir / "manifest.parquet").exists():
+        from raytag.catalogue import synthesize
+
+        synthesize(str(generated_dir), n_generated, seed=11, duration_s=30.0)
+    generated = sorted(
+        str(p) for p in generated_dir.rglob("*") if p.suffix in (".wav", ".flac", ".ogg", ".mp3")
+    )
+    return {"clips_30s": clips, "full_length": full, "generated_30s": generated}
+
+
+def model_folder(name: str) -> str:
+    """The full preset with fresh weights: speed does not depend on what it learnt."""
+    import torch
+
+    from raytag.catalogue import VOCABULARY
+    from raytag.checkpoint import save_model
+    from raytag.config import AudioConfig
+    from raytag.models import build_model
+
+    folder = DATA / f"model-{name}"
+    if not (folder / "raytag.json").exists():
+        torch.manual_seed(0)
+        model = build_model(name, n_tags=len(VOCABULARY))
+        save_model(folder, model, list(VOCABULARY), AudioConfig(), name=f"bench-{name}")
+    return str(folder)
+
+
+def write_manifest(files: list[str], path: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"track_id": [f"t{i:06d}" for i in range(len(files))], "uri": files})
+    pq.write_table(table, path)
+    return str(path)
+
+
+# -- stages (each runs in a child process) ----------------------------------------------
+
+
+def _audio(max_patches: int):
+    from raytag.config import AudioConfig
+
+    return AudioConfig(max_patches=max_patches)
+
+
+def _decode_one(args: tuple[str, int]) -> tuple[int, float, int]:
+    from raytag.audio import decode_patches
+
+    uri, max_patches = args
+    track = decode_patches(uri, _audio(max_patches))
+    return len(track.patches), track.duration_s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def stage_decode(files: list[str], max_patches: int) -> dict:
+    """Decode ceiling: every core decoding, nothing else."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = os.cpu_count() or 1
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_one, [(files[0], max_patches)] * workers))  # warm the imports
+        started = time.perf_counter()
+        results = list(pool.map(_decode_one, [(f, max_patches) for f in files]))
+        wall = time.perf_counter() - started
+    return {
+        **_rates(len(files), sum(r[1] for r in results), sum(r[0] for r in results), wall),
+        "processes": workers,
+        "worker_peak_rss_mb": round(max(r[2] for r in results) / 1024, 1),
+    }
+
+
+def _decoded_patches(files: list[str], max_patches: int):
+    from raytag.audio import decode_patches
+
+    tracks = [decode_patches(f, _audio(max_patches)) for f in files]
+    return tracks
+
+
+def _time_forward(embed, patches, batch_size: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        embed(patches[:batch_size])  # warm-up: allocator, kernels, compilation
+        started = time.perf_counter()
+        for chunk in patches.split(batch_size):
+            embed(chunk)
+        return time.perf_counter() - started
+
+
+def stage_model(files: list[str], max_patches: int, model_dir: str) -> dict:
+    """Model ceiling: forward passes only over already-decoded patches, every core, the
+    best batch size (chosen on a sample), for the plain eager model and for the model
+    through torch.compile (``raytag tag --compile``), whose outputs must stay within 1e-4."""
+    import numpy as np
+    import torch
+
+    from raytag.checkpoint import load_model
+    from raytag.models.inference import compiled_embed
+
+    tracks = _decoded_patches(files, max_patches)
+    patches = torch.from_numpy(np.concatenate([t.patches for t in tracks]))
+    model = load_model(model_dir).model
+    sample = patches[: min(len(patches), 256)]
+    per_batch = {
+        b: round(len(sample) / _time_forward(model.embed, sample, b), 2) for b in BATCH_SIZES
+    }
+    best = max(per_batch, key=per_batch.get)
+    duration = sum(t.duration_s for t in tracks)
+    eager = _rates(len(files), duration, len(patches), _time_forward(model.embed, patches, best))
+    compile_started = time.perf_counter()
+    compiled = compiled_embed(model)
+    with torch.inference_mode():
+        reference = torch.sigmoid(model(sample[:64]))
+        difference = (torch.sigmoid(compiled(sample[:64])[0]) - reference).abs().max().item()
+    compile_s = time.perf_counter() - compile_started
+    fast = _rates(len(files), duration, len(patches), _time_forward(compiled, patches, best))
+    return {
+        **eager,
+        "threads": torch.get_num_threads(),
+        "best_batch_size": best,
+        "patches_per_s_by_batch_size": per_batch,
+        "compiled": {
+            **fast,
+            "compile_s": round(compile_s, 1),
+            "speedup": round(fast["patches_per_s"] / eager["patches_per_s"], 3),
+            "max_abs_diff_vs_eager": difference,
+        },
+        "peak_rss_mb": _own_peak_rss_mb(),
+    }
+
+
+def stage_naive(files: list[str], max_patches: int, model_dir: str) -> dict:
+    """The loop single-file taggers run: decode a file, predict its patches one by one."""
+    import torch
+
+    from raytag.audio import decode_patches
+    from raytag.checkpoint import load_model
+
+    model = load_model(model_dir).model
+    n_patches, duration, decode_s, model_s = 0, 0.0, 0.0, 0.0
+    with torch.inference_mode():
+        for uri in files:
+            started = time.perf_counter()
+            track = decode_patches(uri, _audio(max_patches))
+            decoded = time.perf_counter()
+            scores = [torch.sigmoid(model(torch.from_numpy(p[None]))) for p in track.patches]
+            torch.stack(scores).mean(dim=0)
+            decode_s += decoded - started
+            model_s += time.perf_counter() - decoded
+            n_patches += len(track.patches)
+            duration += track.duration_s
+    return {
+        **_rates(len(files), duration, n_patches, decode_s + model_s),
+        "decode_s": round(decode_s, 2),
+        "model_s": round(model_s, 2),
+        "peak_rss_mb": _own_peak_rss_mb(),
+    }
+
+
+def stage_raytag(
+    manifest: str,
+    max_patches: int,
+    model_dir: str,
+    output: str,
+    compile_model: bool,
+    options: dict | None = None,
+) -> dict:
+    """``raytag tag`` end to end on a fresh local Ray, with every Ray process's peak RSS."""
+    import ray
+
+    from raytag.tagging import TagOptions, tag_catalogue
+
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)  # fmt: skip
+    ray_started = time.perf_counter() - started
+    sampler = RssSampler().start()
+    chosen = TagOptions(max_patches=max_patches, compile=compile_model, **(options or {}))
+    summary = tag_catalogue(manifest, model_dir, output, chosen)
+    peaks = sampler.stop()
+    ray.shutdown()
+    attempt = summary.record["attempts"][-1]
+    return {
+        **_rates(
+            attempt["predictions"] + attempt["errors"],
+            attempt["audio_hours"] * 3600,
+            None,
+            attempt["wall_s"],
+        ),
+        "ray_start_s": round(ray_started, 1),
+        "exactly_once": summary.report.ok,
+        "errors": attempt["errors"],
+        "options": attempt["options"],
+        "driver_peak_rss_mb": _own_peak_rss_mb(),
+        "driver_cpu_s": round(time.process_time(), 1),
+        "workers": peaks,
+    }
+
+
+STAGES: dict[str, Callable[..., dict]] = {
+    "decode": stage_decode,
+    "model": stage_model,
+    "naive": stage_naive,
+    "raytag": stage_raytag,
+}
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def _rates(tracks: int, audio_s: float, patches: int | None, wall: float) -> dict:
+    rates = {
+        "tracks": tracks,
+        "wall_s": round(wall, 2),
+        "tracks_per_s": round(tracks / wall, 3),
+        "audio_s_per_s": round(audio_s / wall, 1),
+    }
+    if patches is not None:
+        rates |= {"patches": patches, "patches_per_s": round(patches / wall, 2)}
+    return rates
+
+
+def _own_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class RssSampler:
+    """Peak RSS (the kernel's VmHWM) and CPU seconds per kind of Ray worker process.
+
+    A process's kind is the first of KINDS its title (``ray::...``) has shown: task
+    workers read ``ray::IDLE`` between tasks.
+    """
+
+    KINDS = (("TagPredictor", "model_actor"), ("decode_batch", "decode_task"))
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
+        self.peak_kb: dict[str, int] = {}
+        self.cpu: dict[str, tuple[float, float]] = {}  # pid -> (first seen, last seen)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self._done.set()
+        self._thread.join()
+        summary: dict[str, dict[str, float]] = {}
+        for pid, kind in self.kinds.items():
+            first, last = self.cpu[pid]
+            row = summary.setdefault(kind, {"processes": 0, "peak_rss_mb": 0.0, "cpu_s": 0.0})
+            row["processes"] += 1
+            row["peak_rss_mb"] = max(row["peak_rss_mb"], round(self.peak_kb[pid] / 1024, 1))
+            row["cpu_s"] = round(row["cpu_s"] + last - first, 1)
+        return dict(sorted(summary.items()))
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    if not title.startswith("ray::"):
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                kind = next((k for key, k in self.KINDS if key in title), None)
+                if self.kinds.get(pid) in (None, "other_ray_worker"):
+                    self.kinds[pid] = kind or "other_ray_worker"
+                cpu_s = (int(stat[11]) + int(stat[12])) / self._tick
+                self.cpu[pid] = (self.cpu.get(pid, (cpu_s, 0))[0], cpu_s)
+                hwm = next((int(line.split()[1]) for line in status.splitlines()
+                            if line.startswith("VmHWM:")), 0)  # fmt: skip
+                self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
+            time.sleep(0.2)
+
+
+def run_stage(stage: str, **kwargs) -> dict:
+    """One stage in a fresh child process; its JSON result."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--stage", stage, json.dumps(kwargs)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if child.returncode:
+        raise RuntimeError(f"stage {stage} failed:\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["spectrogram", "waveform"])
+    parser.add_argument("--generated", type=int, default=16, help="generated 30-s tracks")
+    parser.add_argument("--max-patches", type=int, default=32, help="raytag tag's default")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=8,
+        help="raytag tag and the decode ceiling go over the inputs this many times (distinct "
+        "track_ids), so a run's fixed costs weigh as on a real catalogue",
+    )
+    parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
+    parser.add_argument("--stage", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(STAGES[args.stage[0]](**json.loads(args.stage[1]))))
+        return
+
+    inputs = make_inputs(args.generated, args.quick)
+    files = [f for kind in inputs.values() for f in kind]
+    repeated = files * args.repeat
+    manifest = write_manifest(repeated, DATA / "manifest.parquet")
+    common = {"max_patches": args.max_patches}
+    print(f"{len(files)} files: " + ", ".join(f"{len(v)} {k}" for k, v in inputs.items()))
+    record = {
+        "benchmark": "tagging",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": _machine(),
+        "inputs": {kind: len(paths) for kind, paths in inputs.items()},
+        "repeat": args.repeat,
+        "max_patches": args.max_patches,
+        "decode_ceiling": run_stage("decode", files=repeated, **common),
+        "models": {},
+    }
+    print("decode ceiling", json.dumps(record["decode_ceiling"]), flush=True)
+    for name in args.models:
+        folder = model_folder(name)
+        result = {}
+        for stage in ("model", "naive"):
+            result[stage] = run_stage(stage, files=files, model_dir=folder, **common)
+            print(name, stage, json.dumps(result[stage]), flush=True)
+        for compile_model in (False, True):
+            output = DATA / f"out-{name}"
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            key = "raytag_compiled" if compile_model else "raytag"
+            result[key] = run_stage("raytag", manifest=manifest, model_dir=folder,
+                                    output=str(output), compile_model=compile_model,
+                                    **common)  # fmt: skip
+            print(name, key, json.dumps(result[key]), flush=True)
+        result["ratios"] = _ratios(record["decode_ceiling"], result)
+        print(name, "ratios", json.dumps(result["ratios"]), flush=True)
+        record["models"][name] = result
+    record["machine"]["load_avg_at_end"] = os.getloadavg()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def _ratios(decode: dict, result: dict) -> dict:
+    """End to end against the lower ceiling (eager model; compiled model for --compile)
+    and against the naive loop, in tracks/s."""
+    ratios = {}
+    for key, model in (
+        ("raytag", result["model"]),
+        ("raytag_compiled", result["model"]["compiled"]),
+    ):
+        lower = min(decode["tracks_per_s"], model["tracks_per_s"])
+        end_to_end = result[key]["tracks_per_s"]
+        ratios[key] = {
+            "lower_ceiling": "decode" if decode["tracks_per_s"] <= lower else "model",
+            "over_lower_ceiling": round(end_to_end / lower, 3),
+            "over_naive": round(end_to_end / result["naive"]["tracks_per_s"], 3),
+        }
+    return ratios
+
+
+def _machine() -> dict:
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_avg_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+if __name__ == "__main__":
+    main()
