@@ -28,6 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raytag.tagging import TagOptions
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "scale"
 RESULTS = HERE / "results" / "tagging_scale.json"
@@ -62,7 +64,7 @@ def make_inputs(rows: int, clip_seconds: float) -> tuple[str, str]:
     return str(manifest), str(model)
 
 
-def run_one(manifest: str, model: str, output: str) -> dict:
+def run_one(manifest: str, model: str, output: str, decode_batch_size: int) -> dict:
     """Runs in a child process: a fresh driver, so its peak RSS is this run's alone."""
     import ray
 
@@ -81,7 +83,8 @@ def run_one(manifest: str, model: str, output: str) -> dict:
     threading.Thread(target=watch, daemon=True).start()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False)  # fmt: skip
-    summary = tag_catalogue(manifest, model, output, TagOptions(max_patches=1))
+    options = TagOptions(max_patches=1, decode_batch_size=decode_batch_size)
+    summary = tag_catalogue(manifest, model, output, options)
     wall = time.monotonic() - started
     ray.shutdown()
     attempt = summary.record["attempts"][-1]
@@ -101,11 +104,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--clip-seconds", type=float, default=1.5)
-    parser.add_argument("--child", nargs=3, metavar=("MANIFEST", "MODEL", "OUTPUT"),
+    parser.add_argument("--decode-batch-size", type=int, default=TagOptions().decode_batch_size)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=4, metavar=("MANIFEST", "MODEL", "OUTPUT", "BATCH"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(*args.child)))
+        print(json.dumps(run_one(*args.child[:3], int(args.child[3]))))
         return
     runs = []
     for rows in args.rows:
@@ -113,7 +118,8 @@ def main() -> None:
         output = DATA / f"out-{rows}"
         subprocess.run(["rm", "-rf", str(output)], check=True)
         child = subprocess.run(
-            [sys.executable, __file__, "--child", manifest, model, str(output)],
+            [sys.executable, __file__, "--child", manifest, model, str(output),
+             str(args.decode_batch_size)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = {"manifest_rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
@@ -128,12 +134,13 @@ def main() -> None:
             "load_avg_at_end": os.getloadavg(),
             "python": platform.python_version(),
         },  # fmt: skip
+        "decode_batch_size": args.decode_batch_size,
         "runs": runs,
         "driver_rss_growth": [round(r["driver_peak_rss_mb"] / base, 3) for r in runs],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
