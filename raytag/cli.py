@@ -359,7 +359,7 @@ def _join_ray(address: str | None) -> None:
     "--compile/--no-compile",
     default=False,
     show_default=True,
-    help="torch.compile the model in each actor (~35 %% faster on CPU; ~20 s to compile).",
+    help="torch.compile the model in each actor (7-70 s to compile; see docs/benchmarks.md).",
 )
 @click.option("--rows-per-file", default=1000, show_default=True, help="Rows per write task.")
 @_ray_address_option

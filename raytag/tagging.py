@@ -146,9 +146,10 @@ class TagOptions:
     cpus_per_actor: float | None = None
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     bf16: bool = True  # autocast, GPU only
-    # torch.compile the model in each actor: ~35 % more patches/s on CPU, outputs within
-    # 1e-5; costs ~15-20 s per actor once and needs a C++ compiler on CPU nodes (an actor
-    # whose compile fails falls back to eager). Off by default: it pays on long runs.
+    # torch.compile the model in each actor; outputs within 1e-5 of eager. It costs 7-70 s
+    # per actor and needs a C++ compiler on CPU nodes (an actor whose compile fails falls
+    # back to eager). Off by default: on these 2-core CPUs it gained nothing end to end
+    # (docs/benchmarks.md); it is there for GPUs and larger CPUs.
     compile: bool = False
     rows_per_file: int = 1000  # rows gathered per write task: at most one file pair each
 
@@ -249,11 +250,8 @@ def tag_catalogue(
                 # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
                 # dead actor and retry its batch on the replacement.
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
-                **(
-                    {"num_gpus": 1, "num_cpus": options.cpus_per_actor}
-                    if options.use_gpu
-                    else {"num_cpus": options.cpus_per_actor}
-                ),
+                num_cpus=options.cpus_per_actor,
+                num_gpus=1 if options.use_gpu else 0,
             )
             .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
         )

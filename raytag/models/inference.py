@@ -35,8 +35,8 @@ def bf16_autocast(device: torch.device, bf16: bool = True):
 def compiled_embed(model: Tagger) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``model.embed`` through torch.compile (inductor), for any batch size.
 
-    Measured on these 2-core CPUs: +35 % patches/s for the spectrogram model, outputs within
-    3e-6 of eager; compiling costs ~15-20 s once per process, so it pays on long runs.
+    Outputs within 3e-6 of eager; compiling costs 7-70 s once per process. On these 2-core
+    CPUs it sped one thread up by ~35 % but two threads by 3 % at most (docs/benchmarks.md).
     """
     return torch.compile(model.embed, dynamic=True)
 
