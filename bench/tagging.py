@@ -16,6 +16,10 @@ stage runs in its own child process, so peak RSS figures are the stage's own.
 
     .venv/bin/python bench/tagging.py                   # both models, all inputs
     .venv/bin/python bench/tagging.py --models spectrogram --quick
+    python bench/tagging.py --device cuda --results bench/results/tagging_gpu.json  # a GPU
+
+On a GPU the model ceiling and the naive loop run there (bf16 autocast, as ``raytag tag``
+does), ``raytag tag`` gets GPU actors, and the GPU's utilisation is sampled (NVML).
 
 Results: bench/results/tagging.json; summary in docs/benchmarks.md.
 """
@@ -40,17 +44,20 @@ DATA = HERE / "data" / "tagging"
 RESULTS = HERE / "results" / "tagging.json"
 DEBIAN_MUSIC = ("/usr/share/games/singularity/music/*.ogg", "/usr/share/games/asc/music/*.mp3")
 CLIP_OFFSETS_S = (30, 90, 150)
-BATCH_SIZES = (1, 8, 32, 64, 128)
+BATCH_SIZES = {"cpu": (1, 8, 32, 64, 128), "cuda": (32, 64, 128, 256, 512, 1024)}
 
 
 # -- inputs ------------------------------------------------------------------------------
 
 
-def make_inputs(n_generated: int, quick: bool) -> dict[str, list[str]]:
+def make_inputs(
+    n_generated: int, quick: bool, full_length: tuple[str, ...] = DEBIAN_MUSIC
+) -> dict[str, list[str]]:
     """The three input kinds, made once under bench/data/tagging."""
-    full = sorted(p for pattern in DEBIAN_MUSIC for p in glob.glob(pattern))
+    full = sorted(os.path.abspath(p) for pattern in full_length for p in glob.glob(pattern))
     if not full:
-        sys.exit("no Debian music found: `make setup` installs singularity-music and asc-music")
+        sys.exit(f"no full-length music in {full_length}: `make setup` installs the Debian "
+                 "packages singularity-music and asc-music")  # fmt: skip
     if quick:
         full = full[:4]
     clips_dir = DATA / "clips"
@@ -144,81 +151,133 @@ def _decoded_patches(files: list[str], max_patches: int):
     return tracks
 
 
-def _time_forward(embed, patches, batch_size: int) -> float:
+def _time_forward(embed, patches, batch_size: int, device: str) -> float:
+    """Seconds to run ``patches`` (on the host, as decoded) through ``embed`` on ``device``
+    in chunks: the copy to the device and bf16 autocast included, as in ``raytag tag``."""
     import torch
 
+    from raytag.models.inference import bf16_autocast
+
+    target = torch.device(device)
+
+    def run(chunk):
+        with bf16_autocast(target):
+            return embed(chunk.to(target, non_blocking=True))
+
     with torch.inference_mode():
-        embed(patches[:batch_size])  # warm-up: allocator, kernels, compilation
+        run(patches[:batch_size])  # warm-up: allocator, kernels, compilation
+        _synchronize(device)
         started = time.perf_counter()
         for chunk in patches.split(batch_size):
-            embed(chunk)
+            run(chunk)
+        _synchronize(device)
         return time.perf_counter() - started
 
 
-def stage_model(files: list[str], max_patches: int, model_dir: str) -> dict:
-    """Model ceiling: forward passes only over already-decoded patches, every core, the
-    best batch size (chosen on a sample), for the plain eager model and for the model
-    through torch.compile (``raytag tag --compile``), whose outputs must stay within 1e-4."""
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def stage_model(files: list[str], max_patches: int, model_dir: str, device: str) -> dict:
+    """Model ceiling: forward passes only over already-decoded patches, every core (or the
+    GPU), the best batch size (chosen on a sample), for the plain eager model and for the
+    model through torch.compile (``raytag tag --compile``), whose outputs must stay within
+    1e-4 of eager."""
     import numpy as np
     import torch
 
     from raytag.checkpoint import load_model
-    from raytag.models.inference import compiled_embed
 
     tracks = _decoded_patches(files, max_patches)
     patches = torch.from_numpy(np.concatenate([t.patches for t in tracks]))
-    model = load_model(model_dir).model
-    sample = patches[: min(len(patches), 256)]
+    # The inputs again and again until the largest batch runs many times: a GPU runs the
+    # patches of a few files in a blink.
+    copies = -(-16 * max(BATCH_SIZES[device]) // len(patches)) if device == "cuda" else 1
+    patches = patches.repeat(copies, 1)
+    if device == "cuda":
+        patches = patches.pin_memory()
+    model = load_model(model_dir).model.to(device)
+    sample = patches[: min(len(patches), 2 * max(BATCH_SIZES[device]))]
     per_batch = {
-        b: round(len(sample) / _time_forward(model.embed, sample, b), 2) for b in BATCH_SIZES
+        b: round(len(sample) / _time_forward(model.embed, sample, b, device), 2)
+        for b in BATCH_SIZES[device]
     }
     best = max(per_batch, key=per_batch.get)
-    duration = sum(t.duration_s for t in tracks)
-    eager = _rates(len(files), duration, len(patches), _time_forward(model.embed, patches, best))
-    compile_started = time.perf_counter()
-    compiled = compiled_embed(model)
-    with torch.inference_mode():
-        reference = torch.sigmoid(model(sample[:64]))
-        difference = (torch.sigmoid(compiled(sample[:64])[0]) - reference).abs().max().item()
-    compile_s = time.perf_counter() - compile_started
-    fast = _rates(len(files), duration, len(patches), _time_forward(compiled, patches, best))
+    duration = copies * sum(t.duration_s for t in tracks)
+    wall = _time_forward(model.embed, patches, best, device)
+    eager = _rates(copies * len(files), duration, len(patches), wall)
     return {
         **eager,
+        "device": device,
         "threads": torch.get_num_threads(),
         "best_batch_size": best,
         "patches_per_s_by_batch_size": per_batch,
-        "compiled": {
-            **fast,
-            "compile_s": round(compile_s, 1),
-            "speedup": round(fast["patches_per_s"] / eager["patches_per_s"], 3),
-            "max_abs_diff_vs_eager": difference,
-        },
+        "compiled": _compiled_ceiling(
+            model, patches, best, device, eager, duration, copies * len(files)
+        ),
         "peak_rss_mb": _own_peak_rss_mb(),
     }
 
 
-def stage_naive(files: list[str], max_patches: int, model_dir: str) -> dict:
+def _compiled_ceiling(model, patches, batch_size: int, device: str, eager: dict,
+                      duration: float, tracks: int) -> dict:  # fmt: skip
+    """The model ceiling through torch.compile, or why it could not compile here."""
+    import torch
+
+    from raytag.models.inference import compiled_embed
+
+    started = time.perf_counter()
+    try:
+        compiled = compiled_embed(model)
+        with torch.inference_mode():
+            probe = patches[:64].to(device)
+            reference = torch.sigmoid(model(probe))
+            difference = (torch.sigmoid(compiled(probe)[0]) - reference).abs().max().item()
+    except Exception as error:  # torch.compile's failures have no common base class
+        return {"error": f"{type(error).__name__}: {str(error)[:500]}"}
+    compile_s = time.perf_counter() - started
+    fast = _rates(tracks, duration, len(patches), _time_forward(compiled, patches, batch_size,
+                                                                 device))  # fmt: skip
+    return {
+        **fast,
+        "compile_s": round(compile_s, 1),
+        "speedup": round(fast["patches_per_s"] / eager["patches_per_s"], 3),
+        "max_abs_diff_vs_eager": difference,
+    }
+
+
+def stage_naive(files: list[str], max_patches: int, model_dir: str, device: str) -> dict:
     """The loop single-file taggers run: decode a file, predict its patches one by one."""
     import torch
 
     from raytag.audio import decode_patches
     from raytag.checkpoint import load_model
+    from raytag.models.inference import bf16_autocast
 
-    model = load_model(model_dir).model
+    model = load_model(model_dir).model.to(device)
+    target = torch.device(device)
     n_patches, duration, decode_s, model_s = 0, 0.0, 0.0, 0.0
     with torch.inference_mode():
         for uri in files:
             started = time.perf_counter()
             track = decode_patches(uri, _audio(max_patches))
             decoded = time.perf_counter()
-            scores = [torch.sigmoid(model(torch.from_numpy(p[None]))) for p in track.patches]
-            torch.stack(scores).mean(dim=0)
+            with bf16_autocast(target):
+                scores = [
+                    torch.sigmoid(model(torch.from_numpy(p[None]).to(target)).float())
+                    for p in track.patches
+                ]
+            torch.stack(scores).mean(dim=0).cpu()
             decode_s += decoded - started
             model_s += time.perf_counter() - decoded
             n_patches += len(track.patches)
             duration += track.duration_s
     return {
         **_rates(len(files), duration, n_patches, decode_s + model_s),
+        "device": device,
         "decode_s": round(decode_s, 2),
         "model_s": round(model_s, 2),
         "peak_rss_mb": _own_peak_rss_mb(),
@@ -242,10 +301,10 @@ def stage_raytag(
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False)  # fmt: skip
     ray_started = time.perf_counter() - started
-    sampler = RssSampler().start()
+    sampler, gpu = RssSampler().start(), GpuSampler().start()
     chosen = TagOptions(max_patches=max_patches, compile=compile_model, **(options or {}))
     summary = tag_catalogue(manifest, model_dir, output, chosen)
-    peaks = sampler.stop()
+    peaks, gpus = sampler.stop(), gpu.stop()
     ray.shutdown()
     attempt = summary.record["attempts"][-1]
     return {
@@ -262,6 +321,7 @@ def stage_raytag(
         "driver_peak_rss_mb": _own_peak_rss_mb(),
         "driver_cpu_s": round(time.process_time(), 1),
         "workers": peaks,
+        **({"gpu": gpus} if gpus else {}),
     }
 
 
@@ -347,11 +407,61 @@ class RssSampler:
             time.sleep(0.2)
 
 
+class GpuSampler:
+    """GPU utilisation and memory in use over a run, read through NVML every 0.2 s from
+    the driver (which opens no CUDA context). Nothing when there is no GPU or no NVML."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except Exception:  # no NVML library, no driver or no GPU: nothing to sample
+            self._handles = []
+        self.utilisation: list[int] = []
+        self.memory_mb: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> GpuSampler:
+        if self._handles:
+            self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        if not self._handles:
+            return {}
+        self._done.set()
+        self._thread.join()
+        busy = [u for u in self.utilisation if u > 0]
+        return {
+            "gpus": len(self._handles),
+            "name": self._nvml.nvmlDeviceGetName(self._handles[0]),
+            "mean_utilisation_pct": round(sum(self.utilisation) / len(self.utilisation), 1),
+            "mean_utilisation_while_busy_pct": round(sum(busy) / len(busy), 1) if busy else 0,
+            "peak_memory_used_mb": max(self.memory_mb),
+            "samples": len(self.utilisation),
+        }
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            for handle in self._handles:
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                self.utilisation.append(rates.gpu)
+                self.memory_mb.append(round(memory.used / 2**20, 1))
+            time.sleep(0.2)
+
+
 def run_stage(stage: str, **kwargs) -> dict:
     """One stage in a fresh child process; its JSON result."""
     child = subprocess.run(
-        [sys.executable, __file__, "--stage", stage, json.dumps(kwargs)],
-        capture_output=True, text=True,
+        [sys.executable, __file__, "--stage", stage],
+        input=json.dumps(kwargs), capture_output=True, text=True,
     )  # fmt: skip
     if child.returncode:
         raise RuntimeError(f"stage {stage} failed:\n{child.stderr[-4000:]}")
@@ -374,13 +484,31 @@ def main() -> None:
         "track_ids), so a run's fixed costs weigh as on a real catalogue",
     )
     parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
-    parser.add_argument("--stage", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--full-length",
+        nargs="+",
+        default=list(DEBIAN_MUSIC),
+        help="globs of the full-length tracks (default: the Debian music packages)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="where the model ceiling and naive loop run (default: cuda when there is one)",
+    )
+    parser.add_argument("--no-compiled-e2e", dest="compiled_e2e", action="store_false",
+                        help="skip `raytag tag --compile` end to end")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # its arguments: JSON on stdin
     args = parser.parse_args()
     if args.stage:
-        print(json.dumps(STAGES[args.stage[0]](**json.loads(args.stage[1]))))
+        print(json.dumps(STAGES[args.stage](**json.loads(sys.stdin.read()))))
         return
 
-    inputs = make_inputs(args.generated, args.quick)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = make_inputs(args.generated, args.quick, tuple(args.full_length))
     files = [f for kind in inputs.values() for f in kind]
     repeated = files * args.repeat
     manifest = write_manifest(repeated, DATA / "manifest.parquet")
@@ -391,6 +519,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": _machine(),
         "inputs": {kind: len(paths) for kind, paths in inputs.items()},
+        "device": device,
         "repeat": args.repeat,
         "max_patches": args.max_patches,
         "decode_ceiling": run_stage("decode", files=repeated, **common),
@@ -399,11 +528,13 @@ def main() -> None:
     print("decode ceiling", json.dumps(record["decode_ceiling"]), flush=True)
     for name in args.models:
         folder = model_folder(name)
-        result = {}
+        result = record["models"][name] = {}
         for stage in ("model", "naive"):
-            result[stage] = run_stage(stage, files=files, model_dir=folder, **common)
+            result[stage] = run_stage(stage, files=files, model_dir=folder, device=device,
+                                      **common)  # fmt: skip
             print(name, stage, json.dumps(result[stage]), flush=True)
-        for compile_model in (False, True):
+            _save(record, args.results)  # a later failure keeps what was measured
+        for compile_model in (False, True) if args.compiled_e2e else (False,):
             output = DATA / f"out-{name}"
             subprocess.run(["rm", "-rf", str(output)], check=True)
             key = "raytag_compiled" if compile_model else "raytag"
@@ -411,13 +542,17 @@ def main() -> None:
                                     output=str(output), compile_model=compile_model,
                                     **common)  # fmt: skip
             print(name, key, json.dumps(result[key]), flush=True)
+            _save(record, args.results)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
         print(name, "ratios", json.dumps(result["ratios"]), flush=True)
-        record["models"][name] = result
     record["machine"]["load_avg_at_end"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    _save(record, args.results)
+    print(f"wrote {args.results}")
+
+
+def _save(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _ratios(decode: dict, result: dict) -> dict:
@@ -428,6 +563,8 @@ def _ratios(decode: dict, result: dict) -> dict:
         ("raytag", result["model"]),
         ("raytag_compiled", result["model"]["compiled"]),
     ):
+        if key not in result or "tracks_per_s" not in model:
+            continue
         lower = min(decode["tracks_per_s"], model["tracks_per_s"])
         end_to_end = result[key]["tracks_per_s"]
         ratios[key] = {
@@ -435,6 +572,8 @@ def _ratios(decode: dict, result: dict) -> dict:
             "over_lower_ceiling": round(end_to_end / lower, 3),
             "over_naive": round(end_to_end / result["naive"]["tracks_per_s"], 3),
         }
+        if "gpu" in result[key]:
+            ratios[key]["tracks_per_s_per_gpu"] = round(end_to_end / result[key]["gpu"]["gpus"], 2)
     return ratios
 
 
