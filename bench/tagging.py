@@ -291,11 +291,17 @@ def stage_raytag(
     output: str,
     compile_model: bool,
     options: dict | None = None,
+    data_context: dict | None = None,
 ) -> dict:
-    """``raytag tag`` end to end on a fresh local Ray, with every Ray process's peak RSS."""
+    """``raytag tag`` end to end on a fresh local Ray, with every Ray process's peak RSS.
+    ``data_context``: Ray Data settings to try (``DataContext`` attributes)."""
     import ray
+    from ray.data import DataContext
 
     from raytag.tagging import TagOptions, tag_catalogue
+
+    for name, value in (data_context or {}).items():
+        setattr(DataContext.get_current(), name, value)
 
     started = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -318,6 +324,7 @@ def stage_raytag(
         "exactly_once": summary.report.ok,
         "errors": attempt["errors"],
         "options": attempt["options"],
+        "data_context": data_context or {},
         "driver_peak_rss_mb": _own_peak_rss_mb(),
         "driver_cpu_s": round(time.process_time(), 1),
         "workers": peaks,
@@ -498,6 +505,15 @@ def main() -> None:
     )
     parser.add_argument("--no-compiled-e2e", dest="compiled_e2e", action="store_false",
                         help="skip `raytag tag --compile` end to end")  # fmt: skip
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='extra end-to-end runs, e.g. pb64=\'{"options": {"predict_batch_size": 64}, '
+        '"data_context": {"op_resource_reservation_enabled": false}}\' (TagOptions fields '
+        "and Ray DataContext attributes)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # its arguments: JSON on stdin
     args = parser.parse_args()
@@ -542,6 +558,16 @@ def main() -> None:
                                     output=str(output), compile_model=compile_model,
                                     **common)  # fmt: skip
             print(name, key, json.dumps(result[key]), flush=True)
+            _save(record, args.results)
+        for variant in args.variant:
+            label, settings = variant.split("=", 1)
+            output = DATA / f"out-{name}"
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            result.setdefault("variants", {})[label] = run_stage(
+                "raytag", manifest=manifest, model_dir=folder, output=str(output),
+                compile_model=False, **json.loads(settings), **common,
+            )  # fmt: skip
+            print(name, label, json.dumps(result["variants"][label]), flush=True)
             _save(record, args.results)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
         print(name, "ratios", json.dumps(result["ratios"]), flush=True)

@@ -146,10 +146,10 @@ class TagOptions:
     cpus_per_actor: float | None = None
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     bf16: bool = True  # autocast, GPU only
-    # torch.compile the model in each actor; outputs within 1e-5 of eager. It costs 7-70 s
-    # per actor and needs a C++ compiler on CPU nodes (an actor whose compile fails falls
-    # back to eager). Off by default: on these 2-core CPUs it gained nothing end to end
-    # (docs/benchmarks.md); it is there for GPUs and larger CPUs.
+    # torch.compile the model in each actor (outputs within 1e-5 of eager on CPU). It costs
+    # 7-70 s per actor and needs a C++ compiler on CPU nodes (an actor whose compile fails
+    # falls back to eager). Off by default: measured no faster end to end on 2-core CPUs
+    # and 8-30x slower than eager on an H200 (docs/benchmarks.md).
     compile: bool = False
     rows_per_file: int = 1000  # rows gathered per write task: at most one file pair each
 
