@@ -7,6 +7,10 @@
     ─> TagSink        predictions/*.parquet | errors/*.parquet
     ─> verify         every manifest row in exactly one output row, or the run fails
 
+A big manifest is tagged as consecutive Ray Data executions of about
+``_ROWS_PER_EXECUTION`` pending rows each (whole reconciliation buckets), so the driver
+never holds Ray Data's per-block bookkeeping for more than one of them.
+
 Exactly once, resumable: output files appear whole (a rename on local disks, a single
 object on S3) under names fixed per attempt and write task, so a retried write task
 overwrites its own files. A rerun first pairs the manifest with everything already
@@ -92,6 +96,12 @@ _ROWS_PER_BUCKET = 2048
 # partition costs a reduce task even when empty).
 _ROWS_PER_PARTITION, _MAX_PARTITIONS = 100_000, 200
 _FILES_PER_READ = 16
+# Rows tagged per Ray Data execution. Ray Data keeps bookkeeping for every block it has
+# produced (per-operator block stats, metadata) in the driver until an execution ends:
+# about 1 kB per short-clip row with 8-row decode blocks, which at 10 million rows would
+# be ~10 GB. A bigger manifest runs as consecutive executions of about this many rows,
+# so the driver's memory stays that of one such execution (docs/benchmarks.md).
+_ROWS_PER_EXECUTION = 25_000
 # Writing is I/O bound and must not queue behind decode tasks for a CPU slot: results
 # would only land at the end, and a killed run would lose them. Their number is bounded
 # by what the model actors produce.
@@ -227,34 +237,18 @@ def tag_catalogue(
     audio = replace(model.audio, max_patches=options.max_patches)
     earlier = _start_run(output, manifest, model_uri, model, started)
 
-    pending, n_pending = _pending_rows(manifest, output)
+    unmatched, n_pending = _pending_rows(manifest, output)
     sink = TagSink(output, prediction_schema(manifest, options).names, options.rows_per_file)
     if n_pending:
         options = options.resolved(ray.cluster_resources())
-        (
-            pending.repartition(target_num_rows_per_block=options.decode_batch_size)
-            .map_batches(
-                decode_batch,
-                fn_kwargs={"audio": audio},
-                batch_size=options.decode_batch_size,
-                batch_format="pyarrow",
-                num_cpus=options.decode_cpus,
-                memory=options.decode_memory_mb * 2**20,
-                compute=ray.data.TaskPoolStrategy(size=options.decode_tasks),
-            )
-            .map_batches(
-                TagPredictor,
-                fn_constructor_kwargs={"model": model, "options": options},
-                batch_size=options.predict_batch_size,
-                batch_format="pyarrow",
-                # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
-                # dead actor and retry its batch on the replacement.
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
-                num_cpus=options.cpus_per_actor,
-                num_gpus=1 if options.use_gpu else 0,
-            )
-            .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
-        )
+        # Whole buckets per execution, so each bucket's copies of a track_id stay together.
+        parts = min(-(-n_pending // _ROWS_PER_EXECUTION), _buckets(manifest))
+        for part in range(parts):
+            if parts > 1:
+                log.info("tagging part %d of %d of %d pending rows", part + 1, parts, n_pending)
+            sink.part = part
+            rows = _pending_part(unmatched, manifest.normalised_schema, part, parts)
+            _tag_rows(rows, sink, model, audio, options)
 
     report = _verify(manifest, output)
     attempt = _attempt_record(started, sink.written, options)
@@ -266,6 +260,40 @@ def tag_catalogue(
     if not report.ok:
         raise IncompleteRunError(report)
     return summary
+
+
+def _tag_rows(
+    rows: ray.data.Dataset,
+    sink: TagSink,
+    model: LoadedModel,
+    audio: AudioConfig,
+    options: TagOptions,
+) -> None:
+    """One Ray Data execution: decode, tag and write ``rows``."""
+    (
+        rows.repartition(target_num_rows_per_block=options.decode_batch_size)
+        .map_batches(
+            decode_batch,
+            fn_kwargs={"audio": audio},
+            batch_size=options.decode_batch_size,
+            batch_format="pyarrow",
+            num_cpus=options.decode_cpus,
+            memory=options.decode_memory_mb * 2**20,
+            compute=ray.data.TaskPoolStrategy(size=options.decode_tasks),
+        )
+        .map_batches(
+            TagPredictor,
+            fn_constructor_kwargs={"model": model, "options": options},
+            batch_size=options.predict_batch_size,
+            batch_format="pyarrow",
+            # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
+            # dead actor and retry its batch on the replacement.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
+            num_cpus=options.cpus_per_actor,
+            num_gpus=1 if options.use_gpu else 0,
+        )
+        .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
+    )
 
 
 def resolve_model(uri: str) -> LoadedModel:
@@ -408,8 +436,8 @@ class TagPredictor:
 class TagSink(Datasink[dict]):
     """Splits each write task's rows into one ``predictions/`` and one ``errors/`` file.
 
-    File names are fixed by the attempt and the task index, so a retried write task
-    overwrites the files of its failed try instead of adding rows twice.
+    File names are fixed by the attempt, the execution (``part``) and the task index, so a
+    retried write task overwrites the files of its failed try instead of adding rows twice.
     """
 
     def __init__(self, output: str, prediction_columns: list[str], rows_per_file: int) -> None:
@@ -418,6 +446,7 @@ class TagSink(Datasink[dict]):
         self.prediction_columns = prediction_columns
         self.rows_per_file = rows_per_file
         self.written: Counter[str] = Counter()  # this attempt, filled on the driver
+        self.part = 0  # which execution of the attempt (see _ROWS_PER_EXECUTION)
 
     @property
     def min_rows_per_write(self) -> int:
@@ -431,7 +460,7 @@ class TagSink(Datasink[dict]):
         ok = pc.is_null(table[ERROR_CODE])
         predictions = table.filter(ok).select(self.prediction_columns)
         errors = table.filter(pc.invert(ok)).select(ERROR_COLUMNS)
-        name = f"{self.attempt}-{ctx.task_idx:06d}.parquet"
+        name = f"{self.attempt}-{self.part:03d}-{ctx.task_idx:06d}.parquet"
         for folder, part in ((PREDICTIONS, predictions), (ERRORS, errors)):
             if part.num_rows:
                 _write_parquet(join(self.output, folder, name), part)
@@ -483,7 +512,8 @@ def _list_rows(values: pa.Array, n: int) -> pa.ListArray:
 
 
 def _pending_rows(manifest: Manifest, output: str) -> tuple[ray.data.Dataset, int]:
-    """Manifest rows with no output row yet, each with the manifest's verdict, and how many.
+    """Rows of the manifest and ``output`` that do not pair off (materialized), and how
+    many manifest rows are among them: the rows to tag (see :func:`_pending_part`).
 
     Refuses to resume when ``output`` holds rows this manifest does not account for
     (another manifest, or rows written twice): adding to it could never verify.
@@ -497,12 +527,23 @@ def _pending_rows(manifest: Manifest, output: str) -> tuple[ray.data.Dataset, in
             "(another manifest, or rows written twice: see `raytag verify`); "
             "tag into a new --output"
         )
-    pending = unmatched.map_batches(
+    return unmatched, sides[MANIFEST_SIDE]
+
+
+def _pending_part(
+    unmatched: ray.data.Dataset, schema: pa.Schema, part: int, parts: int
+) -> ray.data.Dataset:
+    """The pending manifest rows of buckets ``part``, ``part + parts``, ..., each with the
+    manifest's verdict (error_code/message)."""
+    return unmatched.map_batches(
         _checked_manifest_rows,
-        fn_kwargs={"schema": manifest.normalised_schema},
+        fn_kwargs={"schema": schema, "part": part, "parts": parts},
         batch_format="pyarrow",
     )
-    return pending, sides[MANIFEST_SIDE]
+
+
+def _buckets(manifest: Manifest) -> int:
+    return 1 + manifest.num_rows // _ROWS_PER_BUCKET
 
 
 def _unmatched_rows(manifest: Manifest, output: str, schema: pa.Schema) -> ray.data.Dataset:
@@ -512,7 +553,7 @@ def _unmatched_rows(manifest: Manifest, output: str, schema: pa.Schema) -> ray.d
     so every row of a track is in one bucket; there they pair off by ``(track_id, uri)``,
     as multisets. Nothing is collected on the driver.
     """
-    buckets = 1 + manifest.num_rows // _ROWS_PER_BUCKET
+    buckets = _buckets(manifest)
     parts = [_as_side(manifest.read(schema.names), MANIFEST_SIDE, schema, buckets)]
     for side, folder in ((PREDICTION_SIDE, PREDICTIONS), (ERROR_SIDE, ERRORS)):
         written = read_output(output, folder, [TRACK_ID, URI])
@@ -567,9 +608,11 @@ def _unmatched_in_bucket(rows: pa.Table) -> pa.Table:
     return rows.take(pa.array(keep, pa.int64())).append_column(_COPIES, kept_copies)
 
 
-def _checked_manifest_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """The manifest rows, with error_code/message set where a row cannot be tagged."""
-    rows = batch.filter(pc.equal(batch[_SIDE], MANIFEST_SIDE))
+def _checked_manifest_rows(batch: pa.Table, schema: pa.Schema, part: int, parts: int) -> pa.Table:
+    """The manifest rows of this part's buckets, with error_code/message set where a row
+    cannot be tagged."""
+    in_part = pa.array(batch[_BUCKET].to_numpy() % parts == part)
+    rows = batch.filter(pc.and_(pc.equal(batch[_SIDE], MANIFEST_SIDE), in_part))
     code, message = check_rows(rows, rows[_COPIES])
     return rows.select(schema.names).append_column(ERROR_CODE, code).append_column(MESSAGE, message)
 
