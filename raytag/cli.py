@@ -362,6 +362,13 @@ def _join_ray(address: str | None) -> None:
     help="torch.compile the model in each actor (7-70 s to compile; see docs/benchmarks.md).",
 )
 @click.option("--rows-per-file", default=1000, show_default=True, help="Rows per write task.")
+@click.option(
+    "--rows-per-execution",
+    type=int,
+    default=None,
+    help="Pending rows per Ray Data execution; bounds the driver's memory (default: 12,500 "
+    "per CPU, at most 1,000,000).",
+)
 @_ray_address_option
 def tag_command(
     manifest: str, model_uri: str, output: str, max_patches: int, top_k: int, embedding: bool,
@@ -369,7 +376,7 @@ def tag_command(
     decode_memory_mb: int, predict_batch_size: int, patch_batch_size: int | None,
     actors: int | None, cpus_per_actor: float | None,
     use_gpu: bool | None, bf16: bool, compile: bool, rows_per_file: int,
-    ray_address: str | None,
+    rows_per_execution: int | None, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
@@ -381,6 +388,7 @@ def tag_command(
         decode_memory_mb=decode_memory_mb, predict_batch_size=predict_batch_size,
         patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
         use_gpu=use_gpu, bf16=bf16, compile=compile, rows_per_file=rows_per_file,
+        rows_per_execution=rows_per_execution,
     )  # fmt: skip
     _join_ray(ray_address)
     try:

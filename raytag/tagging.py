@@ -8,8 +8,8 @@
     ─> verify         every manifest row in exactly one output row, or the run fails
 
 A big manifest is tagged as consecutive Ray Data executions of about
-``_ROWS_PER_EXECUTION`` pending rows each (whole reconciliation buckets), so the driver
-never holds Ray Data's per-block bookkeeping for more than one of them.
+``TagOptions.rows_per_execution`` pending rows each (whole reconciliation buckets), so the
+driver never holds Ray Data's per-block bookkeeping for more than one of them.
 
 Exactly once, resumable: output files appear whole (a rename on local disks, a single
 object on S3) under names fixed per attempt and write task, so a retried write task
@@ -96,12 +96,12 @@ _ROWS_PER_BUCKET = 2048
 # partition costs a reduce task even when empty).
 _ROWS_PER_PARTITION, _MAX_PARTITIONS = 100_000, 200
 _FILES_PER_READ = 16
-# Rows tagged per Ray Data execution. Ray Data keeps bookkeeping for every block it has
-# produced (per-operator block stats, metadata) in the driver until an execution ends:
-# about 1 kB per short-clip row with 8-row decode blocks, which at 10 million rows would
-# be ~10 GB. A bigger manifest runs as consecutive executions of about this many rows,
-# so the driver's memory stays that of one such execution (docs/benchmarks.md).
-_ROWS_PER_EXECUTION = 25_000
+# Rows per Ray Data execution, automatic: Ray Data keeps bookkeeping for every block it
+# has produced (per-operator block stats, metadata) in the driver until an execution
+# ends, about 1 kB per short-clip row with 8-row decode blocks (~10 GB at 10 million
+# rows). Executions are sized to the cluster, so each runs for minutes (a drain and a new
+# actor pool between two cost seconds), and capped, so the driver holds at most ~1 GB.
+_ROWS_PER_EXECUTION_PER_CPU, _MAX_ROWS_PER_EXECUTION = 12_500, 1_000_000
 # Writing is I/O bound and must not queue behind decode tasks for a CPU slot: results
 # would only land at the end, and a killed run would lose them. Their number is bounded
 # by what the model actors produce.
@@ -162,12 +162,15 @@ class TagOptions:
     # and 8-30x slower than eager on an H200 (docs/benchmarks.md).
     compile: bool = False
     rows_per_file: int = 1000  # rows gathered per write task: at most one file pair each
+    # Pending rows per Ray Data execution (see _ROWS_PER_EXECUTION_PER_CPU): bounds the
+    # driver's memory whatever the manifest's size. None: 12,500 per CPU, at most 1M.
+    rows_per_execution: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("decode_batch_size", "predict_batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("patch_batch_size", "actors", "decode_tasks"):
+        for name in ("patch_batch_size", "actors", "decode_tasks", "rows_per_execution"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be None (automatic) or >= 1")
         for name in ("cpus_per_actor", "decode_cpus"):
@@ -182,7 +185,8 @@ class TagOptions:
         With GPUs: one actor per GPU, 256-patch forwards, decode tasks of 1 CPU each on
         every CPU. CPU only: one single-threaded actor per CPU at 0.75 of a logical CPU
         (measured faster than fewer multi-threaded ones), 8-patch forwards, and decode
-        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~5 % of the work.
+        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~5 % of the work. Either
+        way, executions of 12,500 pending rows per CPU, at most a million.
         """
         cpus = max(1, int(cluster.get("CPU", 1)))
         use_gpu = self.use_gpu if self.use_gpu is not None else cluster.get("GPU", 0) >= 1
@@ -202,6 +206,9 @@ class TagOptions:
                 "decode_cpus": 0.25,
                 "decode_tasks": max(1, cpus // 4),
             }
+        defaults["rows_per_execution"] = min(
+            _MAX_ROWS_PER_EXECUTION, _ROWS_PER_EXECUTION_PER_CPU * cpus
+        )
         chosen = {
             k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()
         }
@@ -242,7 +249,7 @@ def tag_catalogue(
     if n_pending:
         options = options.resolved(ray.cluster_resources())
         # Whole buckets per execution, so each bucket's copies of a track_id stay together.
-        parts = min(-(-n_pending // _ROWS_PER_EXECUTION), _buckets(manifest))
+        parts = min(-(-n_pending // options.rows_per_execution), _buckets(manifest))
         for part in range(parts):
             if parts > 1:
                 log.info("tagging part %d of %d of %d pending rows", part + 1, parts, n_pending)
@@ -446,7 +453,7 @@ class TagSink(Datasink[dict]):
         self.prediction_columns = prediction_columns
         self.rows_per_file = rows_per_file
         self.written: Counter[str] = Counter()  # this attempt, filled on the driver
-        self.part = 0  # which execution of the attempt (see _ROWS_PER_EXECUTION)
+        self.part = 0  # which execution of the attempt (TagOptions.rows_per_execution)
 
     @property
     def min_rows_per_write(self) -> int:

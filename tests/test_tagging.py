@@ -298,6 +298,25 @@ def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path
     assert f"{n_lost} missing, {twice} surplus" in report.describe()
 
 
+def test_a_big_manifest_runs_as_several_executions(catalogue, tmp_path, ray_local, monkeypatch):
+    """Past ``rows_per_execution`` pending rows, the run is cut into Ray Data executions of
+    whole reconciliation buckets (the driver's memory stays that of one execution), and
+    still lands every row exactly once, bad rows included."""
+    import raytag.tagging
+
+    monkeypatch.setattr(raytag.tagging, "_ROWS_PER_BUCKET", 4)  # 6 buckets for 21 rows
+    output = str(tmp_path / "tags")
+    options = replace(OPTIONS, rows_per_execution=6)
+    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, options)
+    _, errors = assert_exactly_once(catalogue, output)
+    codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
+    assert codes == EXPECTED_ERRORS
+    files = output_files(output, PREDICTIONS) + output_files(output, ERRORS)
+    parts = {re.search(r"-(\d{3})-\d{6}\.parquet$", name).group(1) for name in files}
+    assert parts == {"000", "001", "002", "003"}
+    assert summary.record["attempts"][0]["options"]["rows_per_execution"] == 6
+
+
 def test_refuses_another_models_output_and_bad_manifests(catalogue, local_run, tmp_path) -> None:
     other = tiny_model(tmp_path / "other", "4")
     with pytest.raises(TagError, match="holds a run of tiny-tagger version 3"):
@@ -326,6 +345,9 @@ def test_automatic_options_fit_the_cluster() -> None:
         False, 8, 0.75, 8)  # fmt: skip
     assert (cpu.decode_cpus, cpu.decode_tasks) == (0.25, 2)
     assert cpu.actors * cpu.cpus_per_actor + cpu.decode_tasks * cpu.decode_cpus <= 8
+    # Executions grow with the cluster (each lasts minutes), up to a fixed driver budget.
+    assert cpu.rows_per_execution == 100_000
+    assert TagOptions().resolved({"CPU": 1000.0}).rows_per_execution == 1_000_000
     gpu = TagOptions().resolved({"CPU": 16.0, "GPU": 2.0})
     assert (gpu.use_gpu, gpu.actors, gpu.patch_batch_size) == (True, 2, 256)
     assert (gpu.decode_cpus, gpu.decode_tasks) == (1.0, 16)
@@ -333,7 +355,8 @@ def test_automatic_options_fit_the_cluster() -> None:
     mine = TagOptions(actors=3, patch_batch_size=32, use_gpu=False).resolved({"CPU": 16, "GPU": 2})
     assert (mine.use_gpu, mine.actors, mine.patch_batch_size, mine.decode_cpus) == (
         False, 3, 32, 0.25)  # fmt: skip
-    for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1}):
+    for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1},
+                {"rows_per_execution": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="must be None"):
             TagOptions(**bad)
 
