@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from raytag.train import TrainConfig, fit
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "training"
 RESULTS = HERE / "results" / "training.json"
@@ -38,12 +40,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--paths", nargs="+", default=["cached", "streaming"],
                         choices=["cached", "streaming"])  # fmt: skip
+    parser.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer,
+                        help="patches in the local shuffle buffer (0: none)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import ray
 
     from raytag.catalogue import VOCABULARY, synthesize
-    from raytag.train import TrainConfig, fit
 
     catalogue = DATA / f"catalogue-{args.tracks}"
     manifest = str(catalogue / "manifest.parquet")
@@ -60,12 +64,14 @@ def main() -> None:
             "load_avg_at_start": os.getloadavg(),
         },  # fmt: skip
         "tracks": args.tracks,
+        "shuffle_buffer": args.shuffle_buffer,
         "runs": [],
     }
     for name, path in [(name, path) for name in args.models for path in args.paths]:
         config = TrainConfig(
             manifest=manifest, model=name, vocabulary=VOCABULARY, epochs=args.epochs,
             batch_size=args.batch_size, cache_decoded=path == "cached",
+            shuffle_buffer=args.shuffle_buffer,
             early_stopping_patience=args.epochs, keep_checkpoints=args.epochs,
             storage_path=tempfile.mkdtemp(),
             run_name=f"bench-{name}-{path}",
@@ -95,9 +101,9 @@ def main() -> None:
         record["runs"].append(summary)
     ray.shutdown()
     record["machine"]["load_avg_at_end"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 def _epoch(metrics: dict) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 from torchcodec.decoders import AudioDecoder
 
 from raytag.config import SAMPLE_RATE, AudioConfig
-from raytag.patching import patch_starts, split_patches
+from raytag.patching import patch_starts, random_crops, split_patches
 from raytag.storage import filesystem, is_local, local_path
 
 __all__ = [
@@ -106,14 +106,33 @@ def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
             starts = patch_starts(n_header, size, k, context)
             patches = _decode_windows(decoder, starts, size, rate, context)
         if patches is None:  # no header duration, few patches anyway, or a wrong header
-            wave = _decode_all(uri, decoder, rate, config.max_seconds)
+            wave = _decode_all_checked(uri, decoder, config)
             duration = wave.shape[0] / rate
-            if duration < config.min_seconds:
-                raise AudioError(
-                    AudioErrorCode.TOO_SHORT,
-                    f"{uri}: {duration:.2f} s is shorter than {config.min_seconds} s",
-                )
             patches = split_patches(wave, size, k, context)
+    _check_finite(uri, patches)
+    return DecodedTrack(patches=patches, duration_s=float(duration))
+
+
+def decode_random_patches(
+    uri: str, config: AudioConfig, n: int, rng: np.random.Generator
+) -> DecodedTrack:
+    """``n`` patches (``config.patch_samples`` long) at uniformly random places: training's
+    crops. With a header duration only those windows are decoded, so a crop of a
+    four-minute song costs a crop's decoding, not the song's: what lets training stream
+    a catalogue whose decoded audio does not fit in memory."""
+    rate, size = config.sample_rate, config.patch_samples
+    with _open_decoder(uri, rate) as decoder:
+        header = _header_duration(decoder)
+        _check_too_long(uri, header, config.max_seconds)
+        n_header = int(header * rate) if header is not None else 0
+        patches, duration = None, header
+        if n_header > size:
+            starts = rng.integers(0, n_header - size + 1, size=n)
+            patches = _decode_windows(decoder, starts, size, rate)
+        if patches is None:  # no header duration, a short track, or a wrong header
+            wave = _decode_all_checked(uri, decoder, config)
+            duration = wave.shape[0] / rate
+            patches = random_crops(wave, size, n, rng)
     _check_finite(uri, patches)
     return DecodedTrack(patches=patches, duration_s=float(duration))
 
@@ -243,6 +262,18 @@ def _decode_all(
         raise AudioError(AudioErrorCode.EMPTY, f"{uri}: no audio samples")
     if limit is not None and wave.shape[0] > limit:
         raise AudioError(AudioErrorCode.TOO_LONG, f"{uri}: longer than {max_seconds} s")
+    return wave
+
+
+def _decode_all_checked(uri: str, decoder: AudioDecoder, config: AudioConfig) -> np.ndarray:
+    """The whole track, refused when shorter than ``config.min_seconds``."""
+    wave = _decode_all(uri, decoder, config.sample_rate, config.max_seconds)
+    if wave.shape[0] < config.min_seconds * config.sample_rate:
+        raise AudioError(
+            AudioErrorCode.TOO_SHORT,
+            f"{uri}: {wave.shape[0] / config.sample_rate:.2f} s is shorter than "
+            f"{config.min_seconds} s",
+        )
     return wave
 
 

@@ -58,3 +58,15 @@ def split_patches(
 def track_patches(waveform: np.ndarray, audio: AudioConfig) -> np.ndarray:
     """A decoded track's patches under ``audio``'s policy: (n_patches, audio.patch_samples)."""
     return split_patches(waveform, audio.core_samples, audio.max_patches, audio.context_samples)
+
+
+def random_crops(
+    waveform: np.ndarray, patch_samples: int, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` patches of a decoded track at uniformly random places (training's crops);
+    a track shorter than one patch is zero-padded, as :func:`split_patches` does."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.shape[0] <= patch_samples:
+        return np.repeat(split_patches(waveform, patch_samples, 1), n, axis=0)
+    starts = rng.integers(0, waveform.shape[0] - patch_samples + 1, size=n)
+    return np.stack([waveform[s : s + patch_samples] for s in starts])

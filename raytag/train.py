@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,18 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raytag import storage
-from raytag.audio import AudioError, decode
+from raytag.audio import (
+    AudioError,
+    AudioErrorCode,
+    decode,
+    decode_patches,
+    decode_random_patches,
+)
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model
 from raytag.models.inference import bf16_autocast
-from raytag.patching import split_patches
+from raytag.patching import random_crops, split_patches
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +110,57 @@ class DecodeLabelled:
         self.audio = audio
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        waveforms, targets = [], []
+        decoded, targets = [], []
         for uri, tags, track_id in zip(batch["uri"], batch["tags"], batch["track_id"], strict=True):
             try:
-                waveform = decode(uri, self.audio.sample_rate)
+                decoded.append(self.decode(uri))
             except AudioError as error:
                 log.warning("skipping %s in training: %s (%s)", track_id, error.code, error.message)
                 continue
-            if waveform.shape[0] < self.audio.min_seconds * self.audio.sample_rate:
-                log.warning("skipping %s in training: too short", track_id)
-                continue
             target = np.zeros(len(self.index), dtype=np.float32)
             target[[self.index[t] for t in tags if t in self.index]] = 1.0
-            waveforms.append(waveform)
             targets.append(target)
-        return {"waveform": _ragged(waveforms), "target": np.asarray(targets, np.float32)}
+        return self.rows(decoded, targets)
+
+    def decode(self, uri: str) -> np.ndarray:
+        waveform = decode(uri, self.audio.sample_rate)
+        if waveform.shape[0] < self.audio.min_seconds * self.audio.sample_rate:
+            raise AudioError(AudioErrorCode.TOO_SHORT, f"shorter than {self.audio.min_seconds} s")
+        return waveform
+
+    def rows(self, decoded: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
+        return {"waveform": _ragged(decoded), "target": np.asarray(targets, np.float32)}
+
+
+class DecodeLabelledPatches(DecodeLabelled):
+    """Decode only the patches one pass needs: ``per_track`` random crops (training: new
+    ones every epoch) or evenly spaced fixed ones (validation). The streaming path: a
+    crop of a long track costs a crop's decoding, not the track's."""
+
+    def __init__(
+        self, vocabulary: list[str], audio: AudioConfig, per_track: int, random: bool
+    ) -> None:
+        super().__init__(vocabulary, audio)
+        self.per_track = per_track
+        self.random = random
+
+    def decode(self, uri: str) -> np.ndarray:
+        if self.random:
+            rng = np.random.default_rng()
+            return decode_random_patches(uri, self.audio, self.per_track, rng).patches
+        return decode_patches(uri, replace(self.audio, max_patches=self.per_track)).patches
+
+    def rows(self, decoded: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
+        if not decoded:
+            width = self.audio.patch_samples
+            return {
+                "patch": np.zeros((0, width), np.float32),
+                "target": np.zeros((0, len(self.index)), np.float32),
+            }
+        return {
+            "patch": np.concatenate(decoded),
+            "target": np.repeat(np.asarray(targets, np.float32), [len(p) for p in decoded], axis=0),
+        }
 
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -136,17 +178,13 @@ class RandomPatches:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng()
-        patches, targets = [], []
-        for waveform, target in zip(batch["waveform"], batch["target"], strict=True):
-            for _ in range(self.per_track):
-                if waveform.shape[0] <= self.patch_samples:
-                    patch = split_patches(waveform, self.patch_samples, 1)[0]
-                else:
-                    start = rng.integers(0, waveform.shape[0] - self.patch_samples + 1)
-                    patch = waveform[start : start + self.patch_samples]
-                patches.append(patch)
-                targets.append(target)
-        return {"patch": np.stack(patches), "target": np.stack(targets)}
+        crops = [
+            random_crops(w, self.patch_samples, self.per_track, rng) for w in batch["waveform"]
+        ]
+        return {
+            "patch": np.concatenate(crops),
+            "target": np.repeat(batch["target"], self.per_track, axis=0),
+        }
 
 
 class FixedPatches:
@@ -170,19 +208,26 @@ def build_datasets(config: TrainConfig, vocabulary: list[str]) -> dict[str, ray.
 
     With ``cache_decoded`` the decoded audio is kept in Ray's object store after the first
     pass (right for catalogues whose audio fits in the cluster's memory); without it every
-    epoch streams and decodes again, which scales to any catalogue size.
+    epoch streams and decodes only the patches it uses, which scales to any catalogue size.
     """
     audio = config.audio()
+    if not config.cache_decoded:
+        crops = DecodeLabelledPatches(vocabulary, audio, config.patches_per_track, random=True)
+        fixed = DecodeLabelledPatches(vocabulary, audio, config.val_patches_per_track, False)
+        return {
+            split: read_split(config.manifest, split).map_batches(stage, batch_size=8, num_cpus=1)
+            for split, stage in (("train", crops), ("valid", fixed))
+        }
     decoder = DecodeLabelled(vocabulary, audio)
     decoded = {
-        split: read_split(config.manifest, split).map_batches(decoder, batch_size=8, num_cpus=1)
+        split: read_split(config.manifest, split)
+        .map_batches(decoder, batch_size=8, num_cpus=1)
+        .materialize()
         for split in ("train", "valid")
     }
-    if config.cache_decoded:
-        decoded = {split: ds.materialize() for split, ds in decoded.items()}
-        for split, ds in decoded.items():
-            if ds.count() == 0:
-                raise ValueError(f"no decodable {split!r} tracks in {config.manifest}")
+    for split, ds in decoded.items():
+        if ds.count() == 0:
+            raise ValueError(f"no decodable {split!r} tracks in {config.manifest}")
     return {
         "train": decoded["train"].map_batches(
             RandomPatches(audio.patch_samples, config.patches_per_track), batch_size=16

@@ -23,6 +23,7 @@ from raytag.audio import (
     DecodedTrack,
     decode,
     decode_patches,
+    decode_random_patches,
     patch_starts,
 )
 from raytag.config import AudioConfig
@@ -423,6 +424,26 @@ def test_decode_patches_k_windows_match_the_full_decode(long_ogg) -> None:
         # The chirp rises 0.4 Hz/s, so the pitch also says where in the track we are.
         t = (start + config.patch_samples / 2) / SR
         assert abs(dominant_hz(patch) - (200 + 0.4 * t)) < 2
+
+
+def test_random_patches_are_the_full_decode_at_uniform_places(long_ogg, media) -> None:
+    """Training's crops: n windows at uniformly random starts, equal to the whole track's
+    samples there (only the windows are decoded: 3 s each of a 20-minute file)."""
+    config = AudioConfig()
+    track = decode_random_patches(str(long_ogg), config, 5, np.random.default_rng(7))
+    assert track.patches.shape == (5, config.patch_samples) and track.duration_s == 1200.0
+    wave = decode(str(long_ogg))
+    # The same draws: uniform over every start that leaves a whole patch.
+    starts = np.random.default_rng(7).integers(0, 1200 * SR - config.patch_samples + 1, size=5)
+    assert starts.max() - starts.min() > 60 * SR  # spread over the track, not clustered
+    for patch, start in zip(track.patches, starts, strict=True):
+        np.testing.assert_allclose(patch, wave[start : start + config.patch_samples], atol=1e-4)
+    # A track shorter than a patch: zero-padded, every crop the whole track.
+    short = media("two-seconds.flac", *sine_args(44100, 2))
+    crops = decode_random_patches(str(short), config, 3, np.random.default_rng(0)).patches
+    assert crops.shape == (3, config.patch_samples) and not crops[:, 2 * SR :].any()
+    np.testing.assert_array_equal(crops[0], crops[2])
+    assert np.abs(crops[0, : 2 * SR - 100]).max() > 0.05
 
 
 def test_decode_patches_k_decodes_only_the_windows(tmp_path) -> None:

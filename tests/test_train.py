@@ -101,9 +101,11 @@ def _kill_a_worker_after_first_checkpoint(
 def test_killed_worker_is_replaced_and_resumes_then_same_name_resumes(
     demo_catalogue: str, tmp_path: Path, ray_local: str
 ) -> None:
-    # Patience beyond the run: this test is about resuming, not about early stopping.
+    # Patience beyond the run: this test is about resuming, not about early stopping. The
+    # streaming data path (only the crops decoded, every epoch): the learning test above
+    # trains on the cached one.
     config = small_config(demo_catalogue, tmp_path, epochs=6, run_name="survivor",
-                          early_stopping_patience=100)  # fmt: skip
+                          early_stopping_patience=100, cache_decoded=False)  # fmt: skip
     done, killed = threading.Event(), []
     killer = threading.Thread(
         target=lambda: killed.extend(
