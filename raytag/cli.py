@@ -224,8 +224,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     "--cache-decoded/--no-cache-decoded",
     default=True,
     show_default=True,
-    help="Keep decoded audio in Ray's object store between epochs; turn off for "
-    "catalogues larger than the cluster's memory.",
+    help="Keep decoded audio in Ray's object store between epochs; off: every epoch decodes "
+    "only the crops it trains on, for catalogues larger than the cluster's memory.",
 )
 @click.option("--num-workers", default=1, show_default=True, help="Ray Train workers.")
 @click.option(
