@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,22 +95,21 @@ def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
     With ``max_patches`` set and a header duration, only those K windows are decoded.
     Patches carry ``config.context_samples`` of context on each side (see patching).
     """
-    rate, size, k = config.sample_rate, config.core_samples, config.max_patches
-    context = config.context_samples
-    with _open_decoder(uri, rate) as decoder:
-        header = _header_duration(decoder)
-        _check_too_long(uri, header, config.max_seconds)
-        n_header = int(header * rate) if header is not None else 0
-        patches, duration = None, header
-        if k is not None and (n_header + context) // size > k:
-            starts = patch_starts(n_header, size, k, context)
-            patches = _decode_windows(decoder, starts, size, rate, context)
-        if patches is None:  # no header duration, few patches anyway, or a wrong header
-            wave = _decode_all_checked(uri, decoder, config)
-            duration = wave.shape[0] / rate
-            patches = split_patches(wave, size, k, context)
-    _check_finite(uri, patches)
-    return DecodedTrack(patches=patches, duration_s=float(duration))
+    size, k, context = config.core_samples, config.max_patches, config.context_samples
+
+    def evenly_spaced(n_samples: int) -> np.ndarray | None:
+        if k is None or (n_samples + context) // size <= k:
+            return None  # every patch anyway: one full decode is cheaper than seeking
+        return patch_starts(n_samples, size, k, context)
+
+    return _decode_windows_or_all(
+        uri,
+        config,
+        evenly_spaced,
+        size,
+        context,
+        lambda wave: split_patches(wave, size, k, context),
+    )
 
 
 def decode_random_patches(
@@ -120,19 +119,38 @@ def decode_random_patches(
     crops. With a header duration only those windows are decoded, so a crop of a
     four-minute song costs a crop's decoding, not the song's: what lets training stream
     a catalogue whose decoded audio does not fit in memory."""
-    rate, size = config.sample_rate, config.patch_samples
+    size = config.patch_samples
+
+    def uniform(n_samples: int) -> np.ndarray | None:
+        return rng.integers(0, n_samples - size + 1, size=n) if n_samples > size else None
+
+    return _decode_windows_or_all(
+        uri, config, uniform, size, 0, lambda wave: random_crops(wave, size, n, rng)
+    )
+
+
+def _decode_windows_or_all(
+    uri: str,
+    config: AudioConfig,
+    starts_for: Callable[[int], np.ndarray | None],
+    size: int,
+    context: int,
+    cut: Callable[[np.ndarray], np.ndarray],
+) -> DecodedTrack:
+    """Decode only the windows ``starts_for(samples in the header's duration)`` picks;
+    the whole track, cut into patches by ``cut``, when it picks none, when the header
+    has no duration or when a window comes back short (a wrong header)."""
+    rate = config.sample_rate
     with _open_decoder(uri, rate) as decoder:
         header = _header_duration(decoder)
         _check_too_long(uri, header, config.max_seconds)
-        n_header = int(header * rate) if header is not None else 0
-        patches, duration = None, header
-        if n_header > size:
-            starts = rng.integers(0, n_header - size + 1, size=n)
-            patches = _decode_windows(decoder, starts, size, rate)
-        if patches is None:  # no header duration, a short track, or a wrong header
+        starts = starts_for(int(header * rate)) if header is not None else None
+        patches = None if starts is None else _decode_windows(decoder, starts, size, rate, context)
+        duration = header
+        if patches is None:
             wave = _decode_all_checked(uri, decoder, config)
             duration = wave.shape[0] / rate
-            patches = random_crops(wave, size, n, rng)
+            patches = cut(wave)
     _check_finite(uri, patches)
     return DecodedTrack(patches=patches, duration_s=float(duration))
 
