@@ -551,22 +551,16 @@ def main() -> None:
             print(name, stage, json.dumps(result[stage]), flush=True)
             _save(record, args.results)  # a later failure keeps what was measured
         for compile_model in (False, True) if args.compiled_e2e else (False,):
-            output = DATA / f"out-{name}"
-            subprocess.run(["rm", "-rf", str(output)], check=True)
             key = "raytag_compiled" if compile_model else "raytag"
-            result[key] = run_stage("raytag", manifest=manifest, model_dir=folder,
-                                    output=str(output), compile_model=compile_model,
-                                    **common)  # fmt: skip
+            result[key] = _end_to_end(name, folder, manifest, compile_model=compile_model,
+                                      **common)  # fmt: skip
             print(name, key, json.dumps(result[key]), flush=True)
             _save(record, args.results)
         for variant in args.variant:
             label, settings = variant.split("=", 1)
-            output = DATA / f"out-{name}"
-            subprocess.run(["rm", "-rf", str(output)], check=True)
-            result.setdefault("variants", {})[label] = run_stage(
-                "raytag", manifest=manifest, model_dir=folder, output=str(output),
-                compile_model=False, **json.loads(settings), **common,
-            )  # fmt: skip
+            result.setdefault("variants", {})[label] = _end_to_end(
+                name, folder, manifest, compile_model=False, **json.loads(settings), **common
+            )
             print(name, label, json.dumps(result["variants"][label]), flush=True)
             _save(record, args.results)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
@@ -574,6 +568,14 @@ def main() -> None:
     record["machine"]["load_avg_at_end"] = os.getloadavg()
     _save(record, args.results)
     print(f"wrote {args.results}")
+
+
+def _end_to_end(name: str, model_dir: str, manifest: str, **settings) -> dict:
+    """The ``raytag`` stage into a fresh output folder (a leftover one would be resumed)."""
+    output = DATA / f"out-{name}"
+    subprocess.run(["rm", "-rf", str(output)], check=True)
+    return run_stage("raytag", manifest=manifest, model_dir=model_dir, output=str(output),
+                     **settings)  # fmt: skip
 
 
 def _save(record: dict, path: Path) -> None:
