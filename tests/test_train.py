@@ -30,13 +30,22 @@ def small_config(manifest: str, tmp_path: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**fields, **overrides})
 
 
+@pytest.fixture(scope="module")
+def learning_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Twice the shared demo catalogue (112 training tracks): enough for register to be
+    learnt by every run, not most runs (see the learning test)."""
+    return synthesize(str(tmp_path_factory.mktemp("learning")), 160, seed=3, duration_s=6.0,
+                      splits=(0.7, 0.15, 0.15))  # fmt: skip
+
+
 def test_training_learns_and_registers_in_mlflow(
-    demo_catalogue: str, tmp_path: Path, mlflow_env: str
+    learning_catalogue: str, tmp_path: Path, mlflow_env: str
 ) -> None:
-    # Many small shuffled steps (4 crops per track, batches of 8) and all 10 epochs: the
-    # recipe that learns register from 56 training tracks. Judged on 100 held-out tracks,
-    # six runs measured loud/quiet 0.993-0.999 and register 0.748-0.781.
-    config = small_config(demo_catalogue, tmp_path, epochs=10, batch_size=8,
+    # Many small shuffled steps (4 crops per track, batches of 8) and all 10 epochs. Judged
+    # on 100 held-out tracks: with 56 training tracks, runs measured register 0.72-0.83 and
+    # once 0.60 (a CI failure); with these 112, four runs measured 0.87-0.90, loud/quiet
+    # 0.995-0.999. The bar below is still far above chance (0.5) and far below those runs.
+    config = small_config(learning_catalogue, tmp_path, epochs=10, batch_size=8,
                           patches_per_track=4, early_stopping_patience=100,
                           run_name="learn")  # fmt: skip
     summary = run_training(
@@ -54,7 +63,7 @@ def test_training_learns_and_registers_in_mlflow(
     metrics = evaluate_model(loaded, heldout, split="test")
     auc = {row["tag"]: row["roc_auc"] for row in metrics["per_tag"]}
     assert auc["loud"] >= 0.9 and auc["quiet"] >= 0.9, auc
-    assert (auc["high_register"] + auc["low_register"]) / 2 >= 0.65, auc
+    assert (auc["high_register"] + auc["low_register"]) / 2 >= 0.70, auc
 
     client = mlflow.MlflowClient()
     run = client.get_run(summary["run_id"])
