@@ -33,6 +33,8 @@ __all__ = [
     "DecodedTrack",
     "decode",
     "decode_patches",
+    "decode_random_patches",
+    "decode_track",
     "patch_starts",
 ]
 
@@ -86,6 +88,14 @@ def decode(
         _check_too_long(uri, header, max_seconds)
         wave = _decode_all(uri, decoder, sample_rate, max_seconds)
     _check_finite(uri, wave)
+    return wave
+
+
+def decode_track(uri: str, config: AudioConfig) -> np.ndarray:
+    """The whole track under ``config``'s limits: refused when longer than
+    ``max_seconds`` or shorter than ``min_seconds``."""
+    wave = decode(uri, config.sample_rate, max_seconds=config.max_seconds)
+    _check_too_short(uri, wave, config)
     return wave
 
 
@@ -148,7 +158,8 @@ def _decode_windows_or_all(
         patches = None if starts is None else _decode_windows(decoder, starts, size, rate, context)
         duration = header
         if patches is None:
-            wave = _decode_all_checked(uri, decoder, config)
+            wave = _decode_all(uri, decoder, rate, config.max_seconds)
+            _check_too_short(uri, wave, config)
             duration = wave.shape[0] / rate
             patches = cut(wave)
     _check_finite(uri, patches)
@@ -283,16 +294,13 @@ def _decode_all(
     return wave
 
 
-def _decode_all_checked(uri: str, decoder: AudioDecoder, config: AudioConfig) -> np.ndarray:
-    """The whole track, refused when shorter than ``config.min_seconds``."""
-    wave = _decode_all(uri, decoder, config.sample_rate, config.max_seconds)
+def _check_too_short(uri: str, wave: np.ndarray, config: AudioConfig) -> None:
     if wave.shape[0] < config.min_seconds * config.sample_rate:
         raise AudioError(
             AudioErrorCode.TOO_SHORT,
             f"{uri}: {wave.shape[0] / config.sample_rate:.2f} s is shorter than "
             f"{config.min_seconds} s",
         )
-    return wave
 
 
 def _decode_windows(

@@ -28,13 +28,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raytag import storage
-from raytag.audio import (
-    AudioError,
-    AudioErrorCode,
-    decode,
-    decode_patches,
-    decode_random_patches,
-)
+from raytag.audio import AudioError, decode_patches, decode_random_patches, decode_track
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model
@@ -123,10 +117,7 @@ class DecodeLabelled:
         return self.rows(decoded, targets)
 
     def decode(self, uri: str) -> np.ndarray:
-        waveform = decode(uri, self.audio.sample_rate)
-        if waveform.shape[0] < self.audio.min_seconds * self.audio.sample_rate:
-            raise AudioError(AudioErrorCode.TOO_SHORT, f"shorter than {self.audio.min_seconds} s")
-        return waveform
+        return decode_track(uri, self.audio)
 
     def rows(self, decoded: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
         return {"waveform": _ragged(decoded), "target": np.asarray(targets, np.float32)}

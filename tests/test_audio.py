@@ -24,6 +24,7 @@ from raytag.audio import (
     decode,
     decode_patches,
     decode_random_patches,
+    decode_track,
     patch_starts,
 )
 from raytag.config import AudioConfig
@@ -251,6 +252,9 @@ def test_too_short(media) -> None:
     assert code_of(lambda: decode_patches(str(clip), AudioConfig())) == "too_short"
     assert code_of(lambda: decode_patches(str(clip), AudioConfig(max_patches=3))) == "too_short"
     assert decode(str(clip)).shape[0] == round(0.3 * SR)  # decode() itself has no minimum
+    # decode_track (training's whole tracks) applies the config's minimum.
+    assert code_of(lambda: decode_track(str(clip), AudioConfig())) == "too_short"
+    assert decode_track(str(clip), AudioConfig(min_seconds=0.25)).shape[0] == round(0.3 * SR)
 
 
 def test_too_long_from_header(long_ogg) -> None:
@@ -272,6 +276,7 @@ def test_too_long_without_header_stops_decoding_at_the_limit(tmp_path, streamed_
     assert code_of(lambda: decode(str(cut))) == "undecodable"
     assert code_of(lambda: decode(str(cut), max_seconds=5)) == "too_long"
     assert code_of(lambda: decode_patches(str(cut), AudioConfig(max_seconds=5))) == "too_long"
+    assert code_of(lambda: decode_track(str(cut), AudioConfig(max_seconds=5))) == "too_long"
 
 
 def test_non_finite(tmp_path) -> None:
