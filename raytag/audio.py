@@ -24,7 +24,7 @@ import numpy as np
 from torchcodec.decoders import AudioDecoder
 
 from raytag.config import SAMPLE_RATE, AudioConfig
-from raytag.patching import patch_starts, random_crops, split_patches
+from raytag.patching import patch_starts, random_crops, random_starts, split_patches
 from raytag.storage import filesystem, is_local, local_path
 
 __all__ = [
@@ -130,12 +130,13 @@ def decode_random_patches(
     four-minute song costs a crop's decoding, not the song's: what lets training stream
     a catalogue whose decoded audio does not fit in memory."""
     size = config.patch_samples
-
-    def uniform(n_samples: int) -> np.ndarray | None:
-        return rng.integers(0, n_samples - size + 1, size=n) if n_samples > size else None
-
     return _decode_windows_or_all(
-        uri, config, uniform, size, 0, lambda wave: random_crops(wave, size, n, rng)
+        uri,
+        config,
+        lambda n_samples: random_starts(n_samples, size, n, rng),
+        size,
+        0,
+        lambda wave: random_crops(wave, size, n, rng),
     )
 
 

@@ -60,13 +60,23 @@ def track_patches(waveform: np.ndarray, audio: AudioConfig) -> np.ndarray:
     return split_patches(waveform, audio.core_samples, audio.max_patches, audio.context_samples)
 
 
+def random_starts(
+    n_samples: int, patch_samples: int, n: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """Start offsets of ``n`` patches at uniformly random places (training's crops), or
+    None for a track no longer than one patch: every crop is then the whole track."""
+    if n_samples <= patch_samples:
+        return None
+    return rng.integers(0, n_samples - patch_samples + 1, size=n)
+
+
 def random_crops(
     waveform: np.ndarray, patch_samples: int, n: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """``n`` patches of a decoded track at uniformly random places (training's crops);
-    a track shorter than one patch is zero-padded, as :func:`split_patches` does."""
+    """``n`` patches of a decoded track at :func:`random_starts`; a track shorter than one
+    patch is zero-padded, as :func:`split_patches` does."""
     waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.shape[0] <= patch_samples:
+    starts = random_starts(waveform.shape[0], patch_samples, n, rng)
+    if starts is None:
         return np.repeat(split_patches(waveform, patch_samples, 1), n, axis=0)
-    starts = rng.integers(0, waveform.shape[0] - patch_samples + 1, size=n)
     return np.stack([waveform[s : s + patch_samples] for s in starts])
