@@ -69,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="model config override, VALUE as JSON (e.g. num_filt=8); repeatable",
     )
+    train.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this model (TrainConfig.init_from), e.g. an imported musicnn folder",
+    )
+    train.add_argument(
+        "--freeze-encoder", action="store_true", help="train only the dense head on it"
+    )
     train.add_argument("--budget-min", type=float, default=30.0, help="training wall clock")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--batch-size", type=int, default=16)
@@ -441,6 +449,11 @@ def write_doc(path: Path, report: dict, results: Path) -> None:
     verdict = "meets" if (held["macro_roc_auc"] or 0) >= BAR else "does not meet"
     model = cfg["train_config"]["model"]
     overrides = cfg["train_config"]["model_overrides"]
+    if init_from := cfg["train_config"].get("init_from"):
+        frozen = ", encoder frozen" if cfg["train_config"].get("freeze_encoder") else ""
+        start = f"started from `{init_from}`{frozen}"
+    else:
+        start = f"preset `{model}`, fresh weights"
     t = report["timings_s"]
     rows = []
     ind_by_tag = {r["tag"]: r for r in ind["per_tag"]}
@@ -492,8 +505,9 @@ CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
   `{Path(cat["heldout"]["params"]["soundfonts"][0]).name}` only, which training never heard.
   Same generator (`raytag.catalogue`, same arrangement vocabulary), so this measures
   generalisation across SoundFonts and compositions, not across generators.
-- Model: preset `{model}` (overrides: {overrides or "none"}), {report["model_parameters"]:,}
-  parameters. Adam, learning rate {cfg["train_config"]["learning_rate"]}, batch \
+- Model: {start}, overrides: {overrides or "none"}; {report["model_parameters"]:,}
+  parameters, {report.get("trained_parameters", report["model_parameters"]):,} of them trained.
+  Adam, learning rate {cfg["train_config"]["learning_rate"]}, batch \
 {cfg["train_config"]["batch_size"]},
   {cfg["train_config"]["patches_per_track"]} random 3 s patch per training track per epoch,
   {cfg["train_config"]["val_patches_per_track"]} fixed validation patches per track,
@@ -606,8 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from raytag.catalogue import VOCABULARY
-    from raytag.models import build_model
-    from raytag.train import TrainConfig
+    from raytag.models import model_from_config
+    from raytag.train import TrainConfig, initial_model
 
     torch.set_num_threads(args.threads)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -617,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest=catalogues["train"]["manifest"],
         model=args.model,
         model_overrides=overrides,
+        init_from=args.init_from,
+        freeze_encoder=args.freeze_encoder,
         vocabulary=tuple(VOCABULARY),
         epochs=args.max_epochs,
         batch_size=args.batch_size,
@@ -632,10 +648,15 @@ def main(argv: list[str] | None = None) -> int:
         run_name=run_name,
         seed=args.seed,
     )
-    n_params = sum(
-        p.numel() for p in build_model(args.model, n_tags=len(VOCABULARY), **overrides).parameters()
+    model = model_from_config(initial_model(config, list(VOCABULARY)).config)
+    if args.freeze_encoder:
+        model.freeze_encoder()
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start = args.init_from or args.model
+    log(
+        f"run {run_name}: {start} {overrides or ''}, {n_params:,} parameters, {n_trained:,} trained"
     )
-    log(f"run {run_name}: {args.model} {overrides or ''} ({n_params:,} parameters)")
     with LoadSampler() as train_load:
         training = train_within_budget(config, args, runs_dir / run_name)
     log(f"{training['epochs_run']} epochs in {training['train_s']} s ({training['ended_by']})")
@@ -658,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_config": asdict(config),
         },
         "model_parameters": n_params,
+        "trained_parameters": n_trained,
         "catalogues": catalogues,
         "training": {**training, "run_dir": str(runs_dir / run_name)},
         "evaluation": {"heldout": compact(heldout), "in_distribution": compact(in_dist)},

@@ -204,6 +204,17 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--model", default="spectrogram-small", show_default=True, help="Model preset.")
 @click.option("--set", "overrides", multiple=True, help="Model config override key=value.")
 @click.option(
+    "--init-from",
+    default=None,
+    help="Start from this model (models:/NAME@ALIAS, runs:/..., a folder) instead of a fresh "
+    "--model: its architecture, weights and patch settings; shared tags keep their outputs.",
+)
+@click.option(
+    "--freeze-encoder",
+    is_flag=True,
+    help="Train only the dense head on the frozen encoder (transfer learning; cheap on CPU).",
+)
+@click.option(
     "--vocabulary",
     default=None,
     help="'demo' (the demo catalogue's 21 tags), a JSON list file, or unset for the "
@@ -252,7 +263,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--seed", default=0, show_default=True)
 def train_command(
-    manifest: str, model: str, overrides: tuple[str, ...], vocabulary: str | None, epochs: int,
+    manifest: str, model: str, overrides: tuple[str, ...], init_from: str | None,
+    freeze_encoder: bool, vocabulary: str | None, epochs: int,
     batch_size: int, learning_rate: float, early_stopping_patience: int, patches_per_track: int,
     shuffle_buffer: int, cache_decoded: bool, num_workers: int, use_gpu: bool | None,
     storage_path: str, run_name: str, max_failures: int, experiment: str,
@@ -265,6 +277,7 @@ def train_command(
 
     config = TrainConfig(
         manifest=manifest, model=model, model_overrides=_parse_overrides(overrides),
+        init_from=init_from, freeze_encoder=freeze_encoder,
         vocabulary=_vocabulary(vocabulary), epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, early_stopping_patience=early_stopping_patience,
         patches_per_track=patches_per_track, shuffle_buffer=shuffle_buffer,

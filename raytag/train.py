@@ -31,7 +31,7 @@ from raytag import storage
 from raytag.audio import AudioError, decode_patches, decode_random_patches, decode_track
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
-from raytag.models import Tagger, build_model
+from raytag.models import Tagger, build_model, model_from_config
 from raytag.models.inference import bf16_autocast
 from raytag.patching import random_crops, split_patches
 
@@ -47,6 +47,10 @@ class TrainConfig:
     manifest: str
     model: str = "spectrogram-small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # Start from this model's architecture, weights and patch settings instead of a fresh
+    # ``model``: models:/NAME@ALIAS, runs:/..., or a model folder (see initial_model).
+    init_from: str | None = None
+    freeze_encoder: bool = False  # train only the dense head (transfer learning)
     vocabulary: tuple[str, ...] | None = None  # None: sorted union of the manifest's tags
     epochs: int = 20
     batch_size: int = 32
@@ -75,6 +79,76 @@ class TrainConfig:
     def to_params(self) -> dict[str, str]:
         """Flat string params for MLflow."""
         return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class InitialModel:
+    """What every worker builds before training (or before loading a checkpoint)."""
+
+    config: dict[str, Any]  # Tagger.config_dict(): plain data
+    audio: AudioConfig
+    weights: dict[str, torch.Tensor] | None  # None: freshly initialised
+
+
+def initial_model(config: TrainConfig, vocabulary: list[str]) -> InitialModel:
+    """A fresh ``config.model``, or the model ``config.init_from`` names: its architecture,
+    weights and patch settings, with a classifier for ``vocabulary`` that keeps the rows of
+    the tags both vocabularies share (new tags start from fresh rows).
+
+    ``model_overrides`` still apply (e.g. dropout); one that changes a weight's shape fails
+    here, on the driver, before any worker starts.
+    """
+    torch.manual_seed(config.seed)
+    if config.init_from is None:
+        fresh = build_model(config.model, n_tags=len(vocabulary), **config.model_overrides)
+        return InitialModel(fresh.config_dict(), config.audio(), None)
+    from raytag import registry
+
+    start = registry.load(config.init_from)
+    model_config = {
+        **start.model.config_dict(),
+        **config.model_overrides,
+        "n_tags": len(vocabulary),
+    }
+    model = model_from_config(model_config)
+    weights = start.model.state_dict()
+    fresh = model.state_dict()
+    classifier = (f"{model.CLASSIFIER}.weight", f"{model.CLASSIFIER}.bias")
+
+    def fits(key: str) -> bool:  # the classifier has a row per tag: only its rows may differ
+        old, new = weights[key].shape, fresh[key].shape
+        return old[1:] == new[1:] if key in classifier else old == new
+
+    misfits = [key for key in fresh if key not in weights or not fits(key)]
+    if misfits:
+        raise ValueError(
+            f"the weights of {config.init_from} do not fit with overrides "
+            f"{config.model_overrides}: {', '.join(misfits)}"
+        )
+    shared = [
+        (new, start.vocabulary.index(tag))
+        for new, tag in enumerate(vocabulary)
+        if tag in start.vocabulary
+    ]
+    for key in classifier:
+        rows = fresh[key].clone()
+        for new, old in shared:
+            rows[new] = weights[key][old]
+        weights[key] = rows
+    model.load_state_dict(weights)
+    log.info(
+        "starting from %s (%s): %d of %d tags keep their classifier rows",
+        config.init_from,
+        model.arch,
+        len(shared),
+        len(vocabulary),
+    )
+    audio = replace(
+        config.audio(),
+        patch_seconds=start.audio.patch_seconds,
+        context_samples=start.audio.context_samples,
+    )
+    return InitialModel(model_config, audio, model.state_dict())
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -194,14 +268,15 @@ class FixedPatches:
         return {"patch": np.stack(patches), "target": np.stack(targets)}
 
 
-def build_datasets(config: TrainConfig, vocabulary: list[str]) -> dict[str, ray.data.Dataset]:
+def build_datasets(
+    config: TrainConfig, vocabulary: list[str], audio: AudioConfig
+) -> dict[str, ray.data.Dataset]:
     """Decoded tracks, cropped afresh every epoch (train) or at fixed places (valid).
 
     With ``cache_decoded`` the decoded audio is kept in Ray's object store after the first
     pass (right for catalogues whose audio fits in the cluster's memory); without it every
     epoch streams and decodes only the patches it uses, which scales to any catalogue size.
     """
-    audio = config.audio()
     if not config.cache_decoded:
         crops = DecodeLabelledPatches(vocabulary, audio, config.patches_per_track, random=True)
         fixed = DecodeLabelledPatches(vocabulary, audio, config.val_patches_per_track, False)
@@ -247,10 +322,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One worker's training: resumes from the last checkpoint if Ray Train hands one over."""
     config = TrainConfig(**loop_config["train"])
     vocabulary: list[str] = loop_config["vocabulary"]
+    start: InitialModel = loop_config["initial_model"]
     torch.manual_seed(config.seed)
-    model = build_model(config.model, n_tags=len(vocabulary), **config.model_overrides)
+    model = model_from_config(start.config)
+    if start.weights is not None:
+        model.load_state_dict(start.weights)
+    if config.freeze_encoder:
+        model.freeze_encoder()
     optimiser = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, factor=config.lr_decay_factor, patience=config.lr_patience
@@ -362,7 +444,8 @@ def _report(metrics, model, optimiser, scheduler, state, vocabulary, config, loo
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if train.get_context().get_world_rank() == 0:
-            save_model(folder, _unwrap(model), vocabulary, config.audio(), name=config.run_name)
+            audio = loop_config["initial_model"].audio
+            save_model(folder, _unwrap(model), vocabulary, audio, name=config.run_name)
             torch.save(
                 {
                     "optimiser": optimiser.state_dict(),
@@ -401,11 +484,13 @@ def fit(
     vocabulary = list(config.vocabulary or manifest_vocabulary(config.manifest))
     use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
     storage_fs, storage_path = _run_storage(config.storage_path)
+    start = initial_model(config, vocabulary)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "train": asdict(config),
             "vocabulary": vocabulary,
+            "initial_model": start,
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         },
@@ -421,7 +506,7 @@ def fit(
                 checkpoint_score_order="min",
             ),
         ),
-        datasets=build_datasets(config, vocabulary),
+        datasets=build_datasets(config, vocabulary, start.audio),
     )
     return trainer.fit()
 

@@ -63,6 +63,39 @@ def test_any_length_of_at_least_one_patch(name: str, n_samples: int) -> None:
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", ["spectrogram-small", "waveform-small", "musicnn"])
+def test_frozen_encoder_trains_only_the_head_and_keeps_its_statistics(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, n_tags=5)
+    patches = torch.randn(4, 48_000)
+    model.eval()
+    with torch.inference_mode():
+        before = model(patches)
+    model.freeze_encoder()
+    model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(patches), before, rtol=0, atol=0)
+
+    head = {n for n, _ in model.named_parameters() for h in model.HEAD if n.startswith(h + ".")}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == head and head, trainable
+    encoder_state = {k: v.clone() for k, v in model.state_dict().items()
+                     if not any(k.startswith(h + ".") for h in model.HEAD)}  # fmt: skip
+    head_bn = next(m for n, m in model.named_modules()
+                   if n in model.HEAD and isinstance(m, torch.nn.BatchNorm1d))  # fmt: skip
+    head_mean = head_bn.running_mean.clone()
+
+    model.train()
+    assert model.training and head_bn.training
+    model(patches).sum().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == head
+    for key, value in model.state_dict().items():
+        if key in encoder_state:  # weights and batch-norm statistics alike
+            assert torch.equal(value, encoder_state[key]), key
+    assert not torch.equal(head_bn.running_mean, head_mean)  # the head's BN still learns
+
+
 def test_registry_builds_every_preset_and_rejects_unknown() -> None:
     assert set(list_models()) >= {"spectrogram", "waveform"}
     for name in list_models():

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from raytag import registry
 from raytag.catalogue import VOCABULARY, synthesize
+from raytag.checkpoint import load_model, save_model
+from raytag.config import AudioConfig
 from raytag.evaluate import evaluate_model
-from raytag.train import TrainConfig, fit, run_training
+from raytag.models import build_model
+from raytag.train import TrainConfig, best_checkpoint, fit, initial_model, run_training
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -161,3 +165,60 @@ def test_ray_job_submit_trains_from_s3_and_registers(
     assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(root))
     # Credentials reached the job through the node's environment, not the command line.
     assert "AWS_SECRET_ACCESS_KEY" not in " ".join(map(str, submit.args))
+
+
+def _start_model(folder: Path) -> Path:
+    """A saved model with its own 3-tag vocabulary (two of them demo tags) and 2-s patches."""
+    torch.manual_seed(7)
+    model = build_model("spectrogram-small", n_tags=3)
+    audio = AudioConfig(patch_seconds=2.0)
+    return save_model(folder, model, ["drums", "cowbell", "loud"], audio, name="start")
+
+
+def test_initial_model_carries_weights_shared_tags_and_patch_settings(tmp_path: Path) -> None:
+    start = load_model(_start_model(tmp_path / "start"))
+    config = TrainConfig(manifest="unused", init_from=str(tmp_path / "start"), model="waveform")
+    initial = initial_model(config, list(VOCABULARY))
+
+    assert initial.config == {**start.model.config_dict(), "n_tags": len(VOCABULARY)}
+    assert (initial.audio.patch_seconds, initial.audio.context_samples) == (2.0, 0)
+    old = start.model.state_dict()
+    for key, value in initial.weights.items():
+        if not key.startswith("backend.classifier."):
+            assert torch.equal(value, old[key]), key
+    weight, bias = (
+        initial.weights["backend.classifier.weight"],
+        initial.weights["backend.classifier.bias"],
+    )
+    drums, loud = VOCABULARY.index("drums"), VOCABULARY.index("loud")
+    assert torch.equal(weight[drums], old["backend.classifier.weight"][0])
+    assert torch.equal(weight[loud], old["backend.classifier.weight"][2])
+    assert bias[loud] == old["backend.classifier.bias"][2]
+    for fresh in set(range(len(VOCABULARY))) - {drums, loud}:  # new tags start fresh
+        assert not any(torch.equal(weight[fresh], row) for row in old["backend.classifier.weight"])
+
+    # An override that changes a weight's shape fails here, before any worker starts.
+    with pytest.raises(ValueError, match="do not fit .* backend.dense.weight"):
+        initial_model(replace(config, model_overrides={"dense_units": 64}), list(VOCABULARY))
+
+
+def test_fine_tuning_with_a_frozen_encoder_changes_only_the_head(
+    demo_catalogue: str, tmp_path: Path
+) -> None:
+    start = load_model(_start_model(tmp_path / "start")).model
+    config = small_config(demo_catalogue, tmp_path, init_from=str(tmp_path / "start"),
+                          freeze_encoder=True, epochs=1, run_name="fine-tune")  # fmt: skip
+    result = fit(config)
+    assert result.error is None
+    with best_checkpoint(result).as_directory() as folder:
+        tuned = load_model(folder)
+    assert tuned.audio.patch_seconds == 2.0
+    assert tuned.vocabulary == list(VOCABULARY)
+    before, after = start.state_dict(), tuned.model.state_dict()
+    head = tuple(name + "." for name in tuned.model.HEAD)
+    changed = {key for key, value in after.items()
+               if key in before and value.shape == before[key].shape
+               and not torch.equal(value, before[key])}  # fmt: skip
+    # Every encoder weight and batch-norm statistic as it was; the dense head trained.
+    assert changed and all(key.startswith(head) for key in changed), changed
+    assert "backend.dense.weight" in changed

@@ -35,10 +35,17 @@ class BackEnd(nn.Module):
         self.classifier = nn.Linear(dense_units, n_tags)
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.pool(frames))
+
+    def pool(self, frames: Tensor) -> Tensor:
+        """(batch, channels, frames) -> (batch, 2 * filters): convs, then max and mean over time."""
         x = self.conv1(frames)
         x = self.conv2(x) + x
         x = F.max_pool1d(x, 2)
         x = self.conv3(x) + x
-        pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=1)
+        return torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=1)
+
+    def head(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Pooled features -> (logits, embedding): the dense layers."""
         embedding = self.dense_bn(F.relu(self.dense(self.dropout(pooled))))
         return self.classifier(self.dropout(embedding)), embedding

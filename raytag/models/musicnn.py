@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raytag.models.features import Float16LogMel, LogMel
-from raytag.models.layers import BN_EPS, he_init, same_padding
+from raytag.models.layers import BN_EPS, EncoderHead, he_init, same_padding
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,11 @@ class _MidEndLayer(nn.Module):
         return self.bn(F.relu(self.conv(x)))
 
 
-class Musicnn(nn.Module):
+class Musicnn(EncoderHead):
     """Waveform patches in, logits out; ``embed`` adds the 200-d penultimate layer."""
+
+    HEAD = ("pool_bn", "dropout", "dense", "dense_bn", "output")
+    CLASSIFIER = "output"
 
     def __init__(self, config: MusicnnConfig) -> None:
         super().__init__()
@@ -178,8 +181,10 @@ class Musicnn(nn.Module):
         first = context // hop
         return self.features(waveform)[:, first : first + n_frames]
 
-    def forward_features(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        """(batch, frames, n_mels) log-mel -> (logits, penultimate): musicnn's graph."""
+    def pooled_features(self, mel: Tensor) -> Tensor:
+        """(batch, frames, n_mels) log-mel -> (batch, 1506): front- and mid-end features,
+        max and mean over time. Any number of frames; the input of the back-end's dense
+        layers, and the features that transfer best to new tags (bench/transfer.py)."""
         x = self.input_bn(mel.unsqueeze(1))  # (batch, 1, time, freq), like TF's (b, t, f, 1)
         front = torch.cat([block(x) for block in (*self.timbral, *self.temporal)], dim=1)
         first = self.midend[0](front)
@@ -187,17 +192,16 @@ class Musicnn(nn.Module):
         third = self.midend[2](second) + second
         features = torch.cat([front, first, second, third], dim=1)  # (batch, 753, time)
         # TF concatenates max and mean on a last axis of 2 and flattens: interleaved.
-        pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+        return torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+
+    def encode(self, waveform: Tensor) -> Tensor:
+        return self.pooled_features(self.log_mel(waveform))
+
+    def head(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Pooled features -> (logits, penultimate): musicnn's dense layers."""
         hidden = self.dropout(self.pool_bn(pooled))
         penultimate = self.dense_bn(F.relu(self.dense(hidden)))
         return self.output(self.dropout(penultimate)), penultimate
-
-    def embed(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
-        """(batch, samples) -> (logits (batch, n_tags), embedding (batch, dense_units))."""
-        return self.forward_features(self.log_mel(waveform))
-
-    def forward(self, waveform: Tensor) -> Tensor:
-        return self.embed(waveform)[0]
 
     def config_dict(self) -> dict[str, Any]:
         """The config as plain data, with the architecture name to rebuild it."""

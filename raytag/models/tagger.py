@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from raytag.models.backend import BackEnd
 from raytag.models.features import LogMel
 from raytag.models.frontends import SpectrogramFrontEnd, WaveformFrontEnd
-from raytag.models.layers import he_init
+from raytag.models.layers import EncoderHead, he_init
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,15 @@ class WaveformConfig(BackEndConfig):
         object.__setattr__(self, "filters", tuple(self.filters))
 
 
-class Tagger(nn.Module):
+class Tagger(EncoderHead):
     """A front-end (with its features) and the shared back-end.
 
     ``forward`` returns logits, so the same module trains with BCE-with-logits and
     serves; ``embed`` also returns the penultimate embedding.
     """
+
+    HEAD = ("backend.dropout", "backend.dense", "backend.dense_bn", "backend.classifier")
+    CLASSIFIER = "backend.classifier"
 
     def __init__(self, config: BackEndConfig, features: nn.Module, frontend: nn.Module) -> None:
         super().__init__()
@@ -72,12 +75,11 @@ class Tagger(nn.Module):
     def arch(self) -> str:
         return type(self.config).arch
 
-    def embed(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
-        """(batch, samples) -> (logits (batch, n_tags), embedding (batch, dense_units))."""
-        return self.backend(self.frontend(self.features(waveform)))
+    def encode(self, waveform: Tensor) -> Tensor:
+        return self.backend.pool(self.frontend(self.features(waveform)))
 
-    def forward(self, waveform: Tensor) -> Tensor:
-        return self.embed(waveform)[0]
+    def head(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        return self.backend.head(pooled)
 
     def config_dict(self) -> dict[str, Any]:
         """The config as plain data, with the architecture name to rebuild it."""
