@@ -213,17 +213,27 @@ class TagOptions:
             k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()
         }
         resolved = replace(self, use_gpu=use_gpu, **chosen)
-        actor_cpus = resolved.actors * resolved.cpus_per_actor
-        if not use_gpu and actor_cpus + resolved.decode_cpus > cluster.get("CPU", 0) - 0.25:
-            # Seen here: one actor at 1.75 CPUs on a 2-CPU node stalled the run for good.
+        if not use_gpu and resolved.may_stall(cluster.get("CPU", 0)):
             log.warning(
-                "model actors reserve %.2f of %s CPUs and a decode task %.2f: Ray Data may "
-                "find no CPU to decode on and stall; leave at least 0.25 CPU spare",
-                actor_cpus,
+                "model actors reserve %d x %.2f of %s CPUs and a decode task %.2f: Ray Data "
+                "may find no CPU for the stages before the model and stall. Leave 0.25 CPU "
+                "spare, and a whole CPU beside the first actor (--cpus-per-actor <= CPUs - 1)",
+                resolved.actors,
+                resolved.cpus_per_actor,
                 cluster.get("CPU", 0),
                 resolved.decode_cpus,
             )
         return resolved
+
+    def may_stall(self, cpus: float) -> bool:
+        """Whether CPU actors this size starve the other stages of a ``cpus``-CPU cluster.
+
+        Seen here on 2 CPUs, each stalling the run for good: one actor of 1.75 CPUs (no
+        room for a decode task), and one of 1.5 (the first actor starts at once, and the
+        step that cuts pending rows into decode blocks then finds no whole CPU).
+        """
+        reserved = self.actors * self.cpus_per_actor + self.decode_cpus
+        return reserved > cpus - 0.25 or self.cpus_per_actor > cpus - 1
 
 
 # -- the pipeline ----------------------------------------------------------------------

@@ -355,6 +355,10 @@ def test_automatic_options_fit_the_cluster() -> None:
     mine = TagOptions(actors=3, patch_batch_size=32, use_gpu=False).resolved({"CPU": 16, "GPU": 2})
     assert (mine.use_gpu, mine.actors, mine.patch_batch_size, mine.decode_cpus) == (
         False, 3, 32, 0.25)  # fmt: skip
+    # Layouts seen to stall Ray Data for good on 2 CPUs are flagged; the default is not.
+    assert not TagOptions().resolved({"CPU": 2.0}).may_stall(2.0)
+    for stalled in ({"actors": 1, "cpus_per_actor": 1.5}, {"actors": 1, "cpus_per_actor": 1.75}):
+        assert TagOptions(**stalled).resolved({"CPU": 2.0}).may_stall(2.0), stalled
     for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1},
                 {"rows_per_execution": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="must be None"):
