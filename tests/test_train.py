@@ -178,7 +178,11 @@ def _start_model(folder: Path) -> Path:
 def test_initial_model_carries_weights_shared_tags_and_patch_settings(tmp_path: Path) -> None:
     start = load_model(_start_model(tmp_path / "start"))
     config = TrainConfig(manifest="unused", init_from=str(tmp_path / "start"), model="waveform")
+    caller_rng = torch.get_rng_state()
     initial = initial_model(config, list(VOCABULARY))
+    assert torch.equal(torch.get_rng_state(), caller_rng)  # seeded inside, the caller's RNG kept
+    again = initial_model(config, list(VOCABULARY)).weights["backend.classifier.weight"]
+    assert torch.equal(again, initial.weights["backend.classifier.weight"])  # fresh rows: by seed
 
     assert initial.config == {**start.model.config_dict(), "n_tags": len(VOCABULARY)}
     assert (initial.audio.patch_seconds, initial.audio.context_samples) == (2.0, 0)

@@ -184,7 +184,7 @@ class Musicnn(EncoderHead):
     def pooled_features(self, mel: Tensor) -> Tensor:
         """(batch, frames, n_mels) log-mel -> (batch, 1506): front- and mid-end features,
         max and mean over time. Any number of frames; the input of the back-end's dense
-        layers, and the features that transfer best to new tags (bench/transfer.py)."""
+        layers, and the features that transfer best to new tags."""
         x = self.input_bn(mel.unsqueeze(1))  # (batch, 1, time, freq), like TF's (b, t, f, 1)
         front = torch.cat([block(x) for block in (*self.timbral, *self.temporal)], dim=1)
         first = self.midend[0](front)
