@@ -6,7 +6,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont singularity-music asc-music
+APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
+	opl3-soundfont singularity-music asc-music
 PY_DIRS := $(wildcard raytag jobs tests bench tools)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -4,8 +4,9 @@ a SoundFont it never heard?
     .venv/bin/python bench/learning.py            # the defaults are the benchmark
 
 1. Renders (or reuses) a training catalogue of ``--n-tracks`` tracks (splits 80/10/10) with
-   ONE SoundFont and seed ``--train-seed``, and a held-out catalogue of ``--heldout-tracks``
-   tracks (all in split "test") with the OTHER SoundFont and seed ``--heldout-seed``.
+   the ``--train-soundfont`` SoundFont(s) (one per track, drawn at random) and seed
+   ``--train-seed``, and a held-out catalogue of ``--heldout-tracks`` tracks (all in split
+   "test") with ANOTHER SoundFont and seed ``--heldout-seed``.
    Rendering is timed but is not part of the training budget.
 2. Trains with ``raytag.train.fit`` (Ray Train, local Ray with 2 CPUs) within a wall-clock
    budget of ``--budget-min`` minutes. ``fit`` has no time limit of its own, so it runs with
@@ -41,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BAR = 0.90  # the issue's bar: macro ROC-AUC on the held-out-SoundFont catalogue
 SOUNDFONT_DIR = "/usr/share/sounds/sf2"
+DEFAULT_TRAIN_SOUNDFONT = f"{SOUNDFONT_DIR}/FluidR3_GM.sf2"
 COMMENTARY_START = "<!-- COMMENTARY: hand-written, kept when the script rewrites this file -->"
 COMMENTARY_END = "<!-- /COMMENTARY -->"
 
@@ -53,7 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--n-tracks", type=int, default=1000, help="training catalogue size")
     data.add_argument("--heldout-tracks", type=int, default=300, help="held-out catalogue size")
     data.add_argument("--duration", type=float, default=10.0, help="seconds per track")
-    data.add_argument("--train-soundfont", default=f"{SOUNDFONT_DIR}/FluidR3_GM.sf2")
+    data.add_argument(
+        "--train-soundfont",
+        dest="train_soundfonts",
+        action="append",
+        help=f"repeat for several (default: {DEFAULT_TRAIN_SOUNDFONT})",
+    )
     data.add_argument("--heldout-soundfont", default=f"{SOUNDFONT_DIR}/TimGM6mb.sf2")
     data.add_argument("--train-seed", type=int, default=1)
     data.add_argument("--heldout-seed", type=int, default=2)
@@ -160,17 +167,17 @@ class LoadSampler:
         }
 
 
-def render(name: str, n: int, seed: int, soundfont: str, splits, args) -> dict:
+def render(name: str, n: int, seed: int, soundfonts: list[str], splits, args) -> dict:
     """Render (or reuse) one catalogue; the time of the render that made it is kept beside it."""
     from raytag.catalogue import synthesize
 
     out = Path(args.data_dir) / name
     sidecar = out / "bench_render.json"
-    params = {"n_tracks": n, "seed": seed, "duration_s": args.duration, "soundfonts": [soundfont]}
+    params = {"n_tracks": n, "seed": seed, "duration_s": args.duration, "soundfonts": soundfonts}
     params["splits"] = list(splits)
     start, load_before = time.time(), loadavg()
     manifest = synthesize(
-        str(out), n, seed, duration_s=args.duration, soundfonts=[soundfont], splits=splits
+        str(out), n, seed, duration_s=args.duration, soundfonts=soundfonts, splits=splits
     )
     seconds = time.time() - start
     previous = json.loads(sidecar.read_text()) if sidecar.exists() else None
@@ -498,7 +505,7 @@ CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
 
 - Training catalogue: {cat["train"]["params"]["n_tracks"]} tracks of \
 {cat["train"]["params"]["duration_s"]:g} s, seed {cat["train"]["params"]["seed"]}, rendered with
-  `{Path(cat["train"]["params"]["soundfonts"][0]).name}` only; splits \
+  {" + ".join(f"`{Path(sf).name}`" for sf in cat["train"]["params"]["soundfonts"])} only; splits \
 {cat["train"]["split_counts"]}.
 - Held-out catalogue: {cat["heldout"]["params"]["n_tracks"]} tracks, seed \
 {cat["heldout"]["params"]["seed"]}, rendered with
@@ -579,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join([".venv/bin/python", "bench/learning.py", *given])
-    if os.path.realpath(args.train_soundfont) == os.path.realpath(args.heldout_soundfont):
-        raise SystemExit("the held-out SoundFont must differ from the training one")
+    args.train_soundfonts = args.train_soundfonts or [DEFAULT_TRAIN_SOUNDFONT]
+    heard = {os.path.realpath(sf) for sf in args.train_soundfonts}
+    if os.path.realpath(args.heldout_soundfont) in heard:
+        raise SystemExit("the held-out SoundFont must differ from the training ones")
     if args.train_seed == args.heldout_seed:
         raise SystemExit("the held-out catalogue needs another seed")
     overrides = {}
@@ -593,19 +602,20 @@ def main(argv: list[str] | None = None) -> int:
     def tag(sf: str) -> str:
         return Path(sf).stem.lower().replace("_", "")
 
-    train_name = f"train-{tag(args.train_soundfont)}-s{args.train_seed}-n{args.n_tracks}"
+    train_fonts = "+".join(tag(sf) for sf in args.train_soundfonts)
+    train_name = f"train-{train_fonts}-s{args.train_seed}-n{args.n_tracks}"
     train_name += f"-d{args.duration:g}"
     held_name = f"heldout-{tag(args.heldout_soundfont)}-s{args.heldout_seed}"
     held_name += f"-n{args.heldout_tracks}-d{args.duration:g}"
     catalogues = {
         "train": render(
-            train_name, args.n_tracks, args.train_seed, args.train_soundfont, (0.8, 0.1, 0.1), args
+            train_name, args.n_tracks, args.train_seed, args.train_soundfonts, (0.8, 0.1, 0.1), args
         ),
         "heldout": render(
             held_name,
             args.heldout_tracks,
             args.heldout_seed,
-            args.heldout_soundfont,
+            [args.heldout_soundfont],
             (0.0, 0.0, 1.0),
             args,
         ),

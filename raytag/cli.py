@@ -149,7 +149,12 @@ def catalogue_group() -> None:
 @click.option("--tracks", "n_tracks", default=300, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--duration", "duration_s", default=10.0, show_default=True, help="Seconds.")
-@click.option("--soundfont", "soundfonts", multiple=True, help=".sf2 files (default: both GM).")
+@click.option(
+    "--soundfont",
+    "soundfonts",
+    multiple=True,
+    help="SoundFonts (default: the four `make setup` installs).",
+)
 @click.option("--format", "formats", multiple=True, help="wav, flac, ogg, mp3 (default: all).")
 @click.option("--splits", default="0.8,0.1,0.1", show_default=True, help="train,valid,test.")
 @click.option("--workers", type=int, default=None, help="Parallel renders (default: cores).")

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from raytag.catalogue import (
+    DEFAULT_SOUNDFONTS,
     DRUM_CHANNEL,
     EXCLUSIVE,
     VOCABULARY,
@@ -91,7 +92,7 @@ def test_manifest_files_and_mix(catalogue: Path) -> None:
         assert all(sum(t in tags for t in group) == 1 for group in EXCLUSIVE), tags
         assert len([t for t in tags if VOCABULARY.index(t) < 11]) >= 1
     assert len({r["format"] for r in rows}) >= 3
-    assert {r["soundfont"] for r in rows} == {"FluidR3_GM.sf2", "TimGM6mb.sf2"}
+    assert {r["soundfont"] for r in rows} == {os.path.basename(p) for p in DEFAULT_SOUNDFONTS}
     assert {r["split"] for r in rows} == {"train", "valid", "test"}
     assert {r["channels"] for r in rows} == {1, 2}
 
