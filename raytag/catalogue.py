@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -526,6 +527,13 @@ def synthesize(
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {sorted(CODECS)}")
     if missing := [p for p in soundfonts if not os.path.isfile(p)]:
         raise FileNotFoundError(f"soundfonts not found: {missing}")
+    probed = {os.path.basename(os.path.realpath(p)) for p in DEFAULT_SOUNDFONTS}
+    if unprobed := [p for p in soundfonts if os.path.basename(os.path.realpath(p)) not in probed]:
+        warnings.warn(
+            f"{unprobed}: keys not probed; a part may fall where its instrument is silent and "
+            "still be tagged. Run tools/probe_soundfonts.py on them and narrow the key table.",
+            stacklevel=2,
+        )
     if missing := [tool for tool in ("fluidsynth", "ffmpeg") if shutil.which(tool) is None]:
         raise FileNotFoundError(f"{missing} not on PATH (apt-get install fluidsynth ffmpeg)")
     if len(splits) != 3 or abs(sum(splits) - 1) > 1e-6 or min(splits) < 0:

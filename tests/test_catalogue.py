@@ -162,6 +162,14 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         synthesize(str(tmp_path), 2, splits=(0.5, 0.1, 0.1))
 
 
+def test_an_unprobed_soundfont_is_rendered_with_a_warning(tmp_path: Path) -> None:
+    other = tmp_path / "Other_GM.sf2"  # TimGM6mb's bytes under a name the key table never saw
+    shutil.copy(DEFAULT_SOUNDFONTS[1], other)
+    with pytest.warns(UserWarning, match=r"Other_GM\.sf2.*keys not probed"):
+        manifest = synthesize(str(tmp_path / "cat"), 1, duration_s=2.0, soundfonts=[str(other)])
+    assert pq.read_table(manifest)["soundfont"].to_pylist() == ["Other_GM.sf2"]
+
+
 def test_writes_to_s3(s3_bucket: str) -> None:
     out = f"{s3_bucket}/demo"
     manifest = synthesize(out, 4, seed=3, duration_s=3.0, formats=["flac", "mp3"], workers=2)
