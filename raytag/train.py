@@ -100,56 +100,61 @@ def initial_model(config: TrainConfig, vocabulary: list[str]) -> InitialModel:
     """
     with torch.random.fork_rng():  # seeded fresh weights; the caller's RNG does not move
         torch.manual_seed(config.seed)
-        if config.init_from is None:
-            fresh = build_model(config.model, n_tags=len(vocabulary), **config.model_overrides)
-            return InitialModel(fresh.config_dict(), config.audio(), None)
-        from raytag import registry
+        return _initial_model(config, vocabulary)
 
-        start = registry.load(config.init_from)
-        model_config = {
-            **start.model.config_dict(),
-            **config.model_overrides,
-            "n_tags": len(vocabulary),
-        }
-        model = model_from_config(model_config)
-        weights = start.model.state_dict()
-        fresh = model.state_dict()
-        classifier = (f"{model.CLASSIFIER}.weight", f"{model.CLASSIFIER}.bias")
 
-        def fits(key: str) -> bool:  # the classifier has a row per tag: only its rows may differ
-            old, new = weights[key].shape, fresh[key].shape
-            return old[1:] == new[1:] if key in classifier else old == new
+def _initial_model(config: TrainConfig, vocabulary: list[str]) -> InitialModel:
+    """``initial_model``'s work, under the seeded RNG it forks."""
+    if config.init_from is None:
+        fresh = build_model(config.model, n_tags=len(vocabulary), **config.model_overrides)
+        return InitialModel(fresh.config_dict(), config.audio(), None)
+    from raytag import registry
 
-        misfits = [key for key in fresh if key not in weights or not fits(key)]
-        if misfits:
-            raise ValueError(
-                f"the weights of {config.init_from} do not fit with overrides "
-                f"{config.model_overrides}: {', '.join(misfits)}"
-            )
-        shared = [
-            (new, start.vocabulary.index(tag))
-            for new, tag in enumerate(vocabulary)
-            if tag in start.vocabulary
-        ]
-        for key in classifier:
-            rows = fresh[key].clone()
-            for new, old in shared:
-                rows[new] = weights[key][old]
-            weights[key] = rows
-        model.load_state_dict(weights)
-        log.info(
-            "starting from %s (%s): %d of %d tags keep their classifier rows",
-            config.init_from,
-            model.arch,
-            len(shared),
-            len(vocabulary),
+    start = registry.load(config.init_from)
+    model_config = {
+        **start.model.config_dict(),
+        **config.model_overrides,
+        "n_tags": len(vocabulary),
+    }
+    model = model_from_config(model_config)
+    weights = start.model.state_dict()
+    fresh = model.state_dict()
+    classifier = (f"{model.CLASSIFIER}.weight", f"{model.CLASSIFIER}.bias")
+
+    def fits(key: str) -> bool:  # the classifier has a row per tag: only its rows may differ
+        old, new = weights[key].shape, fresh[key].shape
+        return old[1:] == new[1:] if key in classifier else old == new
+
+    misfits = [key for key in fresh if key not in weights or not fits(key)]
+    if misfits:
+        raise ValueError(
+            f"the weights of {config.init_from} do not fit with overrides "
+            f"{config.model_overrides}: {', '.join(misfits)}"
         )
-        audio = replace(
-            config.audio(),
-            patch_seconds=start.audio.patch_seconds,
-            context_samples=start.audio.context_samples,
-        )
-        return InitialModel(model_config, audio, model.state_dict())
+    shared = [
+        (new, start.vocabulary.index(tag))
+        for new, tag in enumerate(vocabulary)
+        if tag in start.vocabulary
+    ]
+    for key in classifier:
+        rows = fresh[key].clone()
+        for new, old in shared:
+            rows[new] = weights[key][old]
+        weights[key] = rows
+    model.load_state_dict(weights)
+    log.info(
+        "starting from %s (%s): %d of %d tags keep their classifier rows",
+        config.init_from,
+        model.arch,
+        len(shared),
+        len(vocabulary),
+    )
+    audio = replace(
+        config.audio(),
+        patch_seconds=start.audio.patch_seconds,
+        context_samples=start.audio.context_samples,
+    )
+    return InitialModel(model_config, audio, model.state_dict())
 
 
 # --- data ------------------------------------------------------------------------------------

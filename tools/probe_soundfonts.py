@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import mido
 import numpy as np
 import soundfile as sf
 
-from raytag.catalogue import FAMILIES, GAIN, TPB, key_range
+from raytag.catalogue import FAMILIES, TPB, key_range, render_midi
 
 RATE = 16000
 KEYS = range(21, 109)
@@ -65,8 +64,7 @@ def sounding_range(soundfont: str, program: int, workdir: str) -> tuple[int, int
     """The keys of ``program`` that sound at every probed velocity, as (lowest, highest)."""
     midi, wav = (os.path.join(workdir, f"{program}.{ext}") for ext in ("mid", "wav"))
     probe_midi(program).save(midi)
-    cmd = ["fluidsynth", "-niq", "-g", str(GAIN), "-R", "0", "-C", "0", "-r", str(RATE)]
-    subprocess.run([*cmd, "-F", wav, soundfont, midi], check=True, capture_output=True)
+    render_midi(soundfont, midi, wav, RATE, reverb=False, chorus=False)
     audio, _ = sf.read(wav, always_2d=True)
     mono = np.abs(audio.mean(axis=1))
     heard = set(KEYS)
