@@ -141,6 +141,47 @@ def test_log_mel_matches_librosa() -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
 
 
+def tone(midi_note: float, seconds: float = 3.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * 16_000)) / 16_000
+    return 0.3 * torch.sin(2 * torch.pi * 440 * 2 ** ((midi_note - 69) / 12) * t)
+
+
+def test_semitone_input_puts_each_note_in_its_own_band() -> None:
+    model = build_model("spectrogram-small-semitone").eval()
+    lowest = model.config.lowest_note
+    notes = [lowest, lowest + 1, 60, 61, 69, 70, 100, lowest + model.config.n_mels - 1]
+    bands = model.features(torch.stack([tone(n) for n in notes]))  # (notes, frames, bands)
+    assert bands.shape[2] == model.config.n_mels
+    loudest = bands[:, 20:-20].mean(dim=1).argmax(dim=1)
+    assert loudest.tolist() == [n - lowest for n in notes]
+    # a quarter tone sits between two bands, and each gets part of it
+    between = model.features(tone(69.5)[None])[0, 20:-20].mean(dim=0)
+    assert set(between.topk(2).indices.tolist()) == {69 - lowest, 70 - lowest}
+
+
+def test_semitone_input_refuses_bands_it_cannot_fill() -> None:
+    with pytest.raises(ValueError, match="Nyquist"):
+        build_model("spectrogram-small-semitone", n_mels=72)
+    with pytest.raises(ValueError, match=r"n_fft >= 2048") as refused:
+        build_model("spectrogram-small-semitone", n_fft=512)
+    assert "leaves the band of MIDI note" in str(refused.value)
+    build_model("spectrogram-small-semitone", n_fft=512, lowest_note=72, n_mels=47)
+    with pytest.raises(ValueError, match="unknown frequency_scale 'bark'"):
+        build_model("spectrogram-small", frequency_scale="bark")
+
+
+def test_configs_saved_before_the_frequency_scale_rebuild_the_mel_model() -> None:
+    model = build_model("spectrogram-small", n_tags=5).eval()
+    saved = model.config_dict()
+    for field in ("frequency_scale", "lowest_note"):
+        del saved[field]
+    rebuilt = model_from_config(saved).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(1, 48_000)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
 def test_every_parameter_learns() -> None:
     """A few steps on a tiny batch: loss falls and every parameter gets a gradient."""
     torch.manual_seed(0)

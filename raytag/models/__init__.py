@@ -1,7 +1,9 @@
 """Model registry: ``build_model(name, **overrides)`` in the style of timm.
 
 Presets are named variants of the same code. The ``-small`` presets keep every layer
-of the paper's models with fewer filters, for CPU demos and tests. ``musicnn`` is the
+of the paper's models with fewer filters, for CPU demos and tests; ``-semitone`` swaps
+the mel input for raytag's semitone bands (models can then hear major from minor,
+docs/learning.md). ``musicnn`` is the
 architecture of musicnn's pretrained taggers (raytag.importers.musicnn loads them).
 """
 
@@ -33,6 +35,14 @@ PRESETS: dict[str, BackEndConfig | MusicnnConfig] = {
     "spectrogram": SpectrogramConfig(),
     "waveform": WaveformConfig(),
     "spectrogram-small": SpectrogramConfig(num_filt=8, backend_filters=128, dense_units=200),
+    "spectrogram-small-semitone": SpectrogramConfig(
+        num_filt=8,
+        backend_filters=128,
+        dense_units=200,
+        frequency_scale="semitone",
+        n_fft=2048,
+        n_mels=71,  # C3 to A#8, the last semitone below 8 kHz
+    ),
     "waveform-small": WaveformConfig(
         filters=(32, 32, 32, 64, 64, 64, 128), backend_filters=128, dense_units=200
     ),

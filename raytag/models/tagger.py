@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from raytag.models.backend import BackEnd
-from raytag.models.features import LogMel
+from raytag.models.features import LogMel, LogSemitone
 from raytag.models.frontends import SpectrogramFrontEnd, WaveformFrontEnd
 from raytag.models.layers import EncoderHead, he_init
 
@@ -30,11 +30,22 @@ class BackEndConfig:
 
 @dataclass(frozen=True)
 class SpectrogramConfig(BackEndConfig):
+    """``frequency_scale`` "mel" is the paper's input; "semitone" is raytag's
+    (:class:`~raytag.models.features.LogSemitone`), whose ``n_mels`` bands are semitones
+    from MIDI note ``lowest_note`` up and which needs a longer STFT (``n_fft`` 2048)."""
+
     arch: ClassVar[str] = "spectrogram"
     num_filt: int = 16
-    n_mels: int = 96
+    n_mels: int = 96  # input bands, whatever the frequency scale
     n_fft: int = 512
     hop_length: int = 256
+    frequency_scale: str = "mel"
+    lowest_note: int = 48  # C3; the semitone scale only
+
+    def __post_init__(self) -> None:
+        if self.frequency_scale not in FEATURES:
+            known = ", ".join(sorted(FEATURES))
+            raise ValueError(f"unknown frequency_scale {self.frequency_scale!r}; known: {known}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +97,20 @@ class Tagger(EncoderHead):
         return {"arch": self.arch, **asdict(self.config)}
 
 
+def _log_mel(config: SpectrogramConfig) -> nn.Module:
+    return LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+
+
+def _log_semitone(config: SpectrogramConfig) -> nn.Module:
+    c = config
+    return LogSemitone(c.sample_rate, c.n_fft, c.hop_length, c.n_mels, c.lowest_note)
+
+
+FEATURES = {"mel": _log_mel, "semitone": _log_semitone}
+
+
 def spectrogram_tagger(config: SpectrogramConfig) -> Tagger:
-    features = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+    features = FEATURES[config.frequency_scale](config)
     return Tagger(config, features, SpectrogramFrontEnd(config.num_filt, config.n_mels))
 
 
