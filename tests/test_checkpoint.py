@@ -12,8 +12,9 @@ from raytag.config import AudioConfig
 from raytag.models import build_model
 
 
-def test_round_trip_restores_identical_outputs(tmp_path) -> None:
-    model = build_model("waveform-small", n_tags=3)
+@pytest.mark.parametrize("preset", ["waveform-small", "spectrogram-small-semitone"])
+def test_round_trip_restores_identical_outputs(tmp_path, preset: str) -> None:
+    model = build_model(preset, n_tags=3)
     model.train()(torch.randn(4, 48_000))  # move batch-norm statistics off their defaults
     model.eval()
     audio = AudioConfig(max_patches=8)
