@@ -24,10 +24,11 @@ def models_command(n_tags: int) -> None:
     """List the model presets with their parameter counts."""
     from raytag.models import build_model, list_models
 
+    width = max(map(len, list_models()))
     for name in list_models():
         model = build_model(name, n_tags=n_tags)
         count = sum(p.numel() for p in model.parameters())
-        click.echo(f"{name:20s} {model.arch:12s} {count:>11,d} parameters")
+        click.echo(f"{name:{width}s}  {model.arch:12s} {count:>11,d} parameters")
 
 
 @main.command("decode")

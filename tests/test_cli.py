@@ -29,6 +29,9 @@ def test_models_prints_reference_parameter_counts() -> None:
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
     assert "5,926,198" in lines["spectrogram"]
     assert "5,379,126" in lines["waveform"]
+    # the columns line up whatever the longest preset name
+    arch_columns = {line.index(line.split()[1], len(name)) for name, line in lines.items()}
+    assert len(arch_columns) == 1
 
 
 def test_decode_reports_patches_and_error_codes(tmp_path: Path) -> None:
