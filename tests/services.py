@@ -81,6 +81,10 @@ class SeaweedS3:
         }
         args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         args += ["-admin.ui=false", "-webdav=false"] + [f"-{k}={v}" for k, v in ports.items()]
+        # `weed mini` sizes volumes (up to 1 GB) and their count from the free disk, so on a
+        # fullish disk a few buckets use up every volume and writes fail with "internal
+        # error". Volumes are sparse files: small ones, and a fixed count, work on any disk.
+        args += ["-master.volumeSizeLimitMB=64", "-volume.max=256"]
         log = self.workdir / "weed.log"
         env = {
             **os.environ,
