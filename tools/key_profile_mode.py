@@ -1,6 +1,6 @@
 """Can major be told from minor in a labelled catalogue's audio, with no learning at all?
 
-A floor for what a model should reach on the major/minor tags: each track's pitch-class
+A yardstick for a model's major/minor tags (not a bound either way): each track's pitch-class
 profile (the power of raytag's semitone bands, log-compressed, summed over time and folded
 into 12 pitch classes) is correlated with the Krumhansl-Kessler major and minor key
 profiles at all 12 tonics; the best major correlation minus the best minor one scores
