@@ -181,11 +181,13 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def stage_model(files: list[str], max_patches: int, model_dir: str, device: str) -> dict:
+def stage_model(
+    files: list[str], max_patches: int, model_dir: str, device: str, compile_model: bool
+) -> dict:
     """Model ceiling: forward passes only over already-decoded patches, every core (or the
-    GPU), the best batch size (chosen on a sample), for the plain eager model and for the
-    model through torch.compile (``raytag tag --compile``), whose outputs must stay within
-    1e-4 of eager."""
+    GPU), the best batch size (chosen on a sample), for the plain eager model and, with
+    ``compile_model``, for the model through torch.compile (``raytag tag --compile``),
+    whose outputs must stay within 1e-4 of eager."""
     import numpy as np
     import torch
 
@@ -217,7 +219,9 @@ def stage_model(files: list[str], max_patches: int, model_dir: str, device: str)
         "patches_per_s_by_batch_size": per_batch,
         "compiled": _compiled_ceiling(
             model, patches, best, device, eager, duration, copies * len(files)
-        ),
+        )
+        if compile_model
+        else {"error": "not measured (--no-compile)"},
         "peak_rss_mb": _own_peak_rss_mb(),
     }
 
@@ -321,6 +325,12 @@ def stage_raytag(
             attempt["wall_s"],
         ),
         "ray_start_s": round(ray_started, 1),
+        # Without the fixed costs of a run (pairing with the output, the final verify):
+        # the rate a long catalogue approaches.
+        "phases_s": attempt["phases_s"],
+        "tag_phase_tracks_per_s": round(
+            (attempt["predictions"] + attempt["errors"]) / attempt["phases_s"]["tag_s"], 3
+        ),
         "exactly_once": summary.report.ok,
         "errors": attempt["errors"],
         "options": attempt["options"],
@@ -366,7 +376,11 @@ class RssSampler:
     workers read ``ray::IDLE`` between tasks.
     """
 
-    KINDS = (("TagPredictor", "model_actor"), ("decode_batch", "decode_task"))
+    KINDS = (
+        ("TagPredictor", "model_actor"),
+        ("Decoder", "decode_actor"),
+        ("decode_batch", "decode_task"),
+    )
 
     def __init__(self) -> None:
         self.kinds: dict[str, str] = {}
@@ -503,8 +517,12 @@ def main() -> None:
         default=None,
         help="where the model ceiling and naive loop run (default: cuda when there is one)",
     )
-    parser.add_argument("--no-compiled-e2e", dest="compiled_e2e", action="store_false",
-                        help="skip `raytag tag --compile` end to end")  # fmt: skip
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="skip torch.compile: its ceiling and `raytag tag --compile`",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -545,12 +563,12 @@ def main() -> None:
     for name in args.models:
         folder = model_folder(name)
         result = record["models"][name] = {}
-        for stage in ("model", "naive"):
+        for stage, extra in (("model", {"compile_model": args.compile}), ("naive", {})):
             result[stage] = run_stage(stage, files=files, model_dir=folder, device=device,
-                                      **common)  # fmt: skip
+                                      **common, **extra)  # fmt: skip
             print(name, stage, json.dumps(result[stage]), flush=True)
             _save(record, args.results)  # a later failure keeps what was measured
-        for compile_model in (False, True) if args.compiled_e2e else (False,):
+        for compile_model in (False, True) if args.compile else (False,):
             key = "raytag_compiled" if compile_model else "raytag"
             result[key] = _end_to_end(name, folder, manifest, compile_model=compile_model,
                                       **common)  # fmt: skip
@@ -598,6 +616,7 @@ def _ratios(decode: dict, result: dict) -> dict:
         ratios[key] = {
             "lower_ceiling": "decode" if decode["tracks_per_s"] <= lower else "model",
             "over_lower_ceiling": round(end_to_end / lower, 3),
+            "tag_phase_over_lower_ceiling": round(result[key]["tag_phase_tracks_per_s"] / lower, 3),
             "over_naive": round(end_to_end / result["naive"]["tracks_per_s"], 3),
         }
         if "gpu" in result[key]:

@@ -344,7 +344,16 @@ def _join_ray(address: str | None) -> None:
 )
 @click.option("--decode-batch-size", default=8, show_default=True, help="Tracks per decode task.")
 @click.option(
-    "--decode-tasks", type=int, default=None, help="Concurrent decode tasks cap (default: auto)."
+    "--decode-actors/--no-decode-actors",
+    default=None,
+    help="Decode in long-lived actors, not tasks (default: actors with GPUs, tasks without).",
+)
+@click.option(
+    "--decode-tasks",
+    type=int,
+    default=None,
+    help="Concurrent decode tasks, or actors (default: with GPUs every CPU the model actors "
+    "leave but one; without, one per 4 CPUs).",
 )
 @click.option(
     "--decode-cpus",
@@ -391,8 +400,9 @@ def _join_ray(address: str | None) -> None:
 @_ray_address_option
 def tag_command(
     manifest: str, model_uri: str, output: str, max_patches: int, top_k: int, embedding: bool,
-    decode_batch_size: int, decode_tasks: int | None, decode_cpus: float | None,
-    decode_memory_mb: int, predict_batch_size: int, patch_batch_size: int | None,
+    decode_batch_size: int, decode_actors: bool | None, decode_tasks: int | None,
+    decode_cpus: float | None, decode_memory_mb: int, predict_batch_size: int,
+    patch_batch_size: int | None,
     actors: int | None, cpus_per_actor: float | None,
     use_gpu: bool | None, bf16: bool, compile: bool, rows_per_file: int,
     rows_per_execution: int | None, ray_address: str | None,
@@ -403,8 +413,9 @@ def tag_command(
 
     options = TagOptions(
         max_patches=max_patches or None, top_k=top_k, embedding=embedding,
-        decode_batch_size=decode_batch_size, decode_tasks=decode_tasks, decode_cpus=decode_cpus,
-        decode_memory_mb=decode_memory_mb, predict_batch_size=predict_batch_size,
+        decode_batch_size=decode_batch_size, decode_actors=decode_actors,
+        decode_tasks=decode_tasks, decode_cpus=decode_cpus, decode_memory_mb=decode_memory_mb,
+        predict_batch_size=predict_batch_size,
         patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
         use_gpu=use_gpu, bf16=bf16, compile=compile, rows_per_file=rows_per_file,
         rows_per_execution=rows_per_execution,

@@ -249,6 +249,10 @@ def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run
     attempt = record["attempts"][0]
     assert attempt["predictions"] == catalogue.taggable and attempt["tracks_per_s"] > 0
     assert attempt["options"]["max_patches"] == MAX_PATCHES
+    # Where the time went: pairing with the output, tagging, the final verify.
+    phases = attempt["phases_s"]
+    assert set(phases) == {"plan_s", "tag_s", "verify_s"} and min(phases.values()) > 0
+    assert sum(phases.values()) <= attempt["wall_s"]
     assert record["software"]["ray"] == ray.__version__
     line = summary.line()
     assert "every row exactly once" in line and "tracks/s" in line and output in line
@@ -265,6 +269,25 @@ def test_pipeline_scores_equal_the_model_on_the_same_patches(catalogue, local_ru
         row = predictions[track_id]
         np.testing.assert_allclose(row["scores"], scores.mean(axis=0), atol=1e-5)
         np.testing.assert_allclose(row["embedding"], embeddings.mean(axis=0), atol=1e-5)
+
+
+def test_decode_actors_tag_as_decode_tasks_do(catalogue, local_run, tmp_path) -> None:
+    """Decoding in long-lived actors (the GPU default) gives the same rows and scores as
+    decoding in tasks (the CPU default, which made ``local_run``), bad rows included."""
+    output = str(tmp_path / "tags")
+    options = replace(OPTIONS, decode_actors=True, decode_tasks=1)
+    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, options)
+    predictions, errors = assert_exactly_once(catalogue, output)
+    assert summary.record["attempts"][0]["options"]["decode_actors"] is True
+    codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
+    assert codes == EXPECTED_ERRORS
+    by_tasks = {
+        r["track_id"]: r["scores"] for r in read_folder(local_run[0], PREDICTIONS).to_pylist()
+    }
+    by_actors = {r["track_id"]: r["scores"] for r in predictions.to_pylist()}
+    assert by_actors.keys() == by_tasks.keys()
+    for track_id, scores in by_actors.items():
+        np.testing.assert_allclose(scores, by_tasks[track_id], atol=1e-6)
 
 
 def test_rerun_of_a_finished_run_writes_nothing(catalogue: Catalogue, local_run) -> None:
@@ -348,16 +371,28 @@ def test_automatic_options_fit_the_cluster() -> None:
     # Executions grow with the cluster (each lasts minutes), up to a fixed driver budget.
     assert cpu.rows_per_execution == 100_000
     assert TagOptions().resolved({"CPU": 1000.0}).rows_per_execution == 1_000_000
+    assert not cpu.decode_actors
     gpu = TagOptions().resolved({"CPU": 16.0, "GPU": 2.0})
     assert (gpu.use_gpu, gpu.actors, gpu.patch_batch_size) == (True, 2, 256)
-    assert (gpu.decode_cpus, gpu.decode_tasks) == (1.0, 16)
+    # GPUs: decode actors on every CPU the model actors leave, but one for the rest.
+    assert (gpu.decode_actors, gpu.decode_cpus, gpu.decode_tasks) == (True, 1.0, 13)
+    assert not gpu.may_stall(16.0)
+    half = TagOptions(decode_cpus=0.5).resolved({"CPU": 16.0, "GPU": 1.0})
+    assert half.decode_tasks == 28 and half.decode_reserved_cpus == 14
+    # A GPU node too small to hold a decode actor beside the model decodes in tasks.
+    tiny = TagOptions().resolved({"CPU": 2.0, "GPU": 1.0})
+    assert (tiny.decode_actors, tiny.decode_tasks) == (False, 1)
     # What the user set wins; --no-gpu on a GPU cluster gets the CPU layout.
     mine = TagOptions(actors=3, patch_batch_size=32, use_gpu=False).resolved({"CPU": 16, "GPU": 2})
     assert (mine.use_gpu, mine.actors, mine.patch_batch_size, mine.decode_cpus) == (
         False, 3, 32, 0.25)  # fmt: skip
     # Layouts seen to stall Ray Data for good on 2 CPUs are flagged; the default is not.
     assert not TagOptions().resolved({"CPU": 2.0}).may_stall(2.0)
-    for stalled in ({"actors": 1, "cpus_per_actor": 1.5}, {"actors": 1, "cpus_per_actor": 1.75}):
+    for stalled in (
+        {"actors": 1, "cpus_per_actor": 1.5},
+        {"actors": 1, "cpus_per_actor": 1.75},
+        {"decode_actors": True, "decode_tasks": 4},  # four held 0.25-CPU decoders
+    ):
         assert TagOptions(**stalled).resolved({"CPU": 2.0}).may_stall(2.0), stalled
     for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1},
                 {"rows_per_execution": 0}):  # fmt: skip
