@@ -115,3 +115,36 @@ def test_read_normalises_string_types(tmp_path: Path) -> None:
     assert read.schema.field("track_id").type == pa.string()
     assert read.to_pylist() == rows
     assert manifest.read(["track_id"]).take_all() == [{"track_id": "t0"}]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_read_covers_every_row_group_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads are cut by whole row groups into pieces of about ``_ROWS_PER_READ`` rows,
+    small files sharing a piece; together they hold every row exactly once."""
+    import raytag.manifest
+
+    rows = [{"track_id": f"t{i}", "uri": f"/audio/{i}.wav"} for i in range(11)]
+    (tmp_path / "m").mkdir()
+    for name, part in (("a", rows[:7]), ("b", rows[7:8]), ("c", rows[8:])):
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / "m" / f"{name}.parquet",
+                       row_group_size=2)  # fmt: skip
+    monkeypatch.setattr(raytag.manifest, "_ROWS_PER_READ", 3)
+    manifest = open_manifest(str(tmp_path / "m"))
+    assert manifest.row_groups == ((2, 2, 2, 1), (1,), (2, 1))
+    pieces = manifest._pieces()
+    read_groups = [
+        (path.rsplit("/", 1)[1], group)
+        for piece in pieces
+        for path, groups in zip(piece["paths"], piece["row_groups"], strict=True)
+        for group in groups
+    ]
+    expected = [("a.parquet", g) for g in range(4)] + [("b.parquet", 0)]
+    assert read_groups == expected + [("c.parquet", 0), ("c.parquet", 1)]
+    sizes = dict(zip(manifest.files, manifest.row_groups, strict=True))
+    for piece in pieces:
+        groups = zip(piece["paths"], piece["row_groups"], strict=True)
+        assert sum(sizes[path][g] for path, gs in groups for g in gs) <= 3
+    assert any(len(piece["paths"]) == 2 for piece in pieces)  # a 1-row file shares a piece
+    dataset = manifest.read()
+    assert sorted(dataset.take_all(), key=lambda r: int(r["track_id"][1:])) == rows
+    assert dataset.materialize().num_blocks() == len(pieces)
