@@ -1,8 +1,8 @@
 """Tag a catalogue with Ray Data: Parquet manifest in, Parquet predictions and errors out.
 
-    read_parquet(manifest) ─> reconcile with --output: drop rows already written,
+    read(manifest)         ─> reconcile with --output: drop rows already written,
                               flag bad rows (null/empty uri, duplicate track_id)
-    ─> decode_batch   (CPU tasks: decode, resample, patch)
+    ─> decode_batch   (CPU tasks, or actors with GPUs: decode, resample, patch)
     ─> TagPredictor   (actors, one GPU each where there are GPUs)
     ─> TagSink        predictions/*.parquet | errors/*.parquet
     ─> verify         every manifest row in exactly one output row, or the run fails
@@ -139,13 +139,13 @@ class TagOptions:
     decode_batch_size: int = 8  # tracks per decode task
     # Decode in long-lived actors rather than tasks. None: actors where GPUs run the model,
     # where decoding is the bottleneck: each actor keeps its next block queued, so no
-    # core idles between blocks while the driver schedules (tasks kept 10-14 of 15
-    # decode slots busy in a simulated 16-CPU node, actors 14 of 14). Tasks on CPU-only
-    # clusters, where decoding is ~5 % of the work and comes and goes beside the model.
+    # core idles between blocks while the driver schedules (+23 % tagging throughput on
+    # an H200 node with 16 CPUs, docs/benchmarks.md). Tasks on CPU-only clusters, where
+    # decoding is ~5 % of the work and comes and goes beside the model.
     decode_actors: bool | None = None
     # Concurrent decode tasks (or actors). None: see resolved().
     decode_tasks: int | None = None
-    # Logical CPUs a decode task reserves. None: 1 where GPUs do the model (decoding is
+    # Logical CPUs a decode task (or actor) reserves. None: 1 where GPUs do the model (decoding is
     # the bottleneck there), 0.25 on CPU-only clusters, where the model is ~95 % of the
     # work and every core should run it.
     decode_cpus: float | None = None
