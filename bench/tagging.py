@@ -4,7 +4,10 @@ For each model (the paper's full ``spectrogram`` and ``waveform`` presets):
 
 - decode ceiling: decode + resample + patch only, one process per core;
 - model ceiling: forward passes only, on already-decoded patches, one process using every
-  core, at the best batch size (plain eager model and raytag's inference model);
+  core, at the best batch size (plain eager model; torch.compile; on CPU, bf16 autocast).
+  It is measured again after ``raytag tag`` and the ratios use the mean of the two: this
+  shared VM's speed drifts by up to ~1.5x within minutes, and a ceiling taken in a fast or
+  slow moment would skew the ratio by as much;
 - naive loop: for each file, decode then predict its patches one at a time (batch 1),
   as single-file taggers do;
 - ``raytag tag`` end to end on a fresh local Ray: read manifest -> decode -> model
@@ -151,7 +154,7 @@ def _decoded_patches(files: list[str], max_patches: int):
     return tracks
 
 
-def _time_forward(embed, patches, batch_size: int, device: str) -> float:
+def _time_forward(embed, patches, batch_size: int, device: str, cpu_bf16: bool = False) -> float:
     """Seconds to run ``patches`` (on the host, as decoded) through ``embed`` on ``device``
     in chunks: the copy to the device and bf16 autocast included, as in ``raytag tag``."""
     import torch
@@ -161,7 +164,7 @@ def _time_forward(embed, patches, batch_size: int, device: str) -> float:
     target = torch.device(device)
 
     def run(chunk):
-        with bf16_autocast(target):
+        with bf16_autocast(target, on_cpu=cpu_bf16):
             return embed(chunk.to(target, non_blocking=True))
 
     with torch.inference_mode():
@@ -185,9 +188,10 @@ def stage_model(
     files: list[str], max_patches: int, model_dir: str, device: str, compile_model: bool
 ) -> dict:
     """Model ceiling: forward passes only over already-decoded patches, every core (or the
-    GPU), the best batch size (chosen on a sample), for the plain eager model and, with
+    GPU), the best batch size (chosen on a sample), for the plain eager model; with
     ``compile_model``, for the model through torch.compile (``raytag tag --compile``),
-    whose outputs must stay within 1e-4 of eager."""
+    whose outputs must stay within 1e-4 of eager; on CPU, under bf16 autocast
+    (``raytag tag --cpu-bf16``), with how far its scores move."""
     import numpy as np
     import torch
 
@@ -222,7 +226,32 @@ def stage_model(
         )
         if compile_model
         else {"error": "not measured (--no-compile)"},
+        **(
+            {"cpu_bf16": _cpu_bf16_ceiling(model, patches, best, eager, duration, len(files))}
+            if device == "cpu"
+            else {}
+        ),
         "peak_rss_mb": _own_peak_rss_mb(),
+    }
+
+
+def _cpu_bf16_ceiling(model, patches, batch_size: int, eager: dict, duration: float,
+                      tracks: int) -> dict:  # fmt: skip
+    """The model ceiling under CPU bf16 autocast, and how far its scores move from float32."""
+    import torch
+
+    from raytag.models.inference import predict_patches
+
+    probe = patches[:64]
+    reference, _ = predict_patches(model, probe, batch_size)
+    moved, _ = predict_patches(model, probe, batch_size, cpu_bf16=True)
+    wall = _time_forward(model.embed, patches, batch_size, "cpu", cpu_bf16=True)
+    fast = _rates(tracks, duration, len(patches), wall)
+    return {
+        **fast,
+        "speedup": round(fast["patches_per_s"] / eager["patches_per_s"], 3),
+        "max_abs_score_diff_vs_float32": float(abs(moved - reference).max()),
+        "bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
     }
 
 
@@ -568,10 +597,13 @@ def main() -> None:
                                       **common, **extra)  # fmt: skip
             print(name, stage, json.dumps(result[stage]), flush=True)
             _save(record, args.results)  # a later failure keeps what was measured
-        for compile_model in (False, True) if args.compile else (False,):
-            key = "raytag_compiled" if compile_model else "raytag"
-            result[key] = _end_to_end(name, folder, manifest, compile_model=compile_model,
-                                      **common)  # fmt: skip
+        runs = {"raytag": {"compile_model": False}}
+        if args.compile:
+            runs["raytag_compiled"] = {"compile_model": True}
+        if device == "cpu":
+            runs["raytag_cpu_bf16"] = {"compile_model": False, "options": {"cpu_bf16": True}}
+        for key, settings in runs.items():
+            result[key] = _end_to_end(name, folder, manifest, **settings, **common)
             print(name, key, json.dumps(result[key]), flush=True)
             _save(record, args.results)
         for variant in args.variant:
@@ -581,6 +613,10 @@ def main() -> None:
             )
             print(name, label, json.dumps(result["variants"][label]), flush=True)
             _save(record, args.results)
+        # The ceiling again, after the end-to-end runs: the ratios use the mean of both.
+        result["model_after"] = run_stage("model", files=files, model_dir=folder, device=device,
+                                          compile_model=False, **common)  # fmt: skip
+        print(name, "model_after", json.dumps(result["model_after"]), flush=True)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
         print(name, "ratios", json.dumps(result["ratios"]), flush=True)
     record["machine"]["load_avg_at_end"] = os.getloadavg()
@@ -602,18 +638,24 @@ def _save(record: dict, path: Path) -> None:
 
 
 def _ratios(decode: dict, result: dict) -> dict:
-    """End to end against the lower ceiling (eager model; compiled model for --compile)
-    and against the naive loop, in tracks/s."""
+    """End to end against the lower ceiling (eager model; compiled model for --compile; bf16
+    model for --cpu-bf16) and against the naive loop, in tracks/s. The model ceiling is the
+    mean of its measures before and after the end-to-end runs (the compiled one: before)."""
+    before, after = result["model"], result.get("model_after", {})
     ratios = {}
-    for key, model in (
-        ("raytag", result["model"]),
-        ("raytag_compiled", result["model"]["compiled"]),
+    for key, ceilings in (
+        ("raytag", (before, after)),
+        ("raytag_compiled", (before["compiled"],)),
+        ("raytag_cpu_bf16", (before.get("cpu_bf16", {}), after.get("cpu_bf16", {}))),
     ):
-        if key not in result or "tracks_per_s" not in model:
+        measured = [c["tracks_per_s"] for c in ceilings if "tracks_per_s" in c]
+        if key not in result or not measured:
             continue
-        lower = min(decode["tracks_per_s"], model["tracks_per_s"])
+        model_ceiling = sum(measured) / len(measured)
+        lower = min(decode["tracks_per_s"], model_ceiling)
         end_to_end = result[key]["tracks_per_s"]
         ratios[key] = {
+            "model_ceiling_tracks_per_s": [round(m, 3) for m in measured],
             "lower_ceiling": "decode" if decode["tracks_per_s"] <= lower else "model",
             "over_lower_ceiling": round(end_to_end / lower, 3),
             "tag_phase_over_lower_ceiling": round(result[key]["tag_phase_tracks_per_s"] / lower, 3),

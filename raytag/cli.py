@@ -384,6 +384,13 @@ def _join_ray(address: str | None) -> None:
 )
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on GPU.")
 @click.option(
+    "--cpu-bf16/--no-cpu-bf16",
+    default=False,
+    show_default=True,
+    help="bf16 autocast on CPU actors too: faster on CPUs with bf16 units (AVX512-BF16, AMX), "
+    "slower elsewhere; scores move by up to ~0.03 (see docs/benchmarks.md).",
+)
+@click.option(
     "--compile/--no-compile",
     default=False,
     show_default=True,
@@ -404,7 +411,7 @@ def tag_command(
     decode_cpus: float | None, decode_memory_mb: int, predict_batch_size: int,
     patch_batch_size: int | None,
     actors: int | None, cpus_per_actor: float | None,
-    use_gpu: bool | None, bf16: bool, compile: bool, rows_per_file: int,
+    use_gpu: bool | None, bf16: bool, cpu_bf16: bool, compile: bool, rows_per_file: int,
     rows_per_execution: int | None, ray_address: str | None,
 ) -> None:  # fmt: skip
     """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
@@ -417,8 +424,8 @@ def tag_command(
         decode_tasks=decode_tasks, decode_cpus=decode_cpus, decode_memory_mb=decode_memory_mb,
         predict_batch_size=predict_batch_size,
         patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-        use_gpu=use_gpu, bf16=bf16, compile=compile, rows_per_file=rows_per_file,
-        rows_per_execution=rows_per_execution,
+        use_gpu=use_gpu, bf16=bf16, cpu_bf16=cpu_bf16, compile=compile,
+        rows_per_file=rows_per_file, rows_per_execution=rows_per_execution,
     )  # fmt: skip
     _join_ray(ray_address)
     try:

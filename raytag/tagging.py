@@ -145,9 +145,9 @@ class TagOptions:
     decode_actors: bool | None = None
     # Concurrent decode tasks (or actors). None: see resolved().
     decode_tasks: int | None = None
-    # Logical CPUs a decode task (or actor) reserves. None: 1 where GPUs do the model (decoding is
-    # the bottleneck there), 0.25 on CPU-only clusters, where the model is ~95 % of the
-    # work and every core should run it.
+    # Logical CPUs a decode task (or actor) reserves. None: 1 where GPUs do the model
+    # (decoding is the bottleneck there), 0.25 on CPU-only clusters, where the model is
+    # ~95 % of the work and every core should run it.
     decode_cpus: float | None = None
     # Reserved per decode task (Ray's memory resource), so a node never runs more decodes
     # than fit. Declaring it also keeps decoding out of the model actors: Ray Data fuses
@@ -162,7 +162,11 @@ class TagOptions:
     # more, so replicas do not oversubscribe the cores. None: see resolved().
     cpus_per_actor: float | None = None
     use_gpu: bool | None = None  # None: when the cluster has GPUs
-    bf16: bool = True  # autocast, GPU only
+    bf16: bool = True  # autocast on GPU
+    # bf16 autocast on CPU too: ~1.45x (spectrogram) and ~1.2x (waveform) per core on CPUs
+    # with bf16 dot products (AVX512-BF16, AMX), slower on those without; scores move by
+    # up to ~0.03. Off by default: CPU outputs stay float32's (docs/benchmarks.md).
+    cpu_bf16: bool = False
     # torch.compile the model in each actor (outputs within 1e-5 of eager on CPU). It costs
     # 7-70 s per actor and needs a C++ compiler on CPU nodes (an actor whose compile fails
     # falls back to eager). Off by default: measured no faster end to end on 2-core CPUs
@@ -424,14 +428,15 @@ class TagPredictor:
         from raytag.models.inference import predict_patches
 
         args = (self.model, patches, self.options.patch_batch_size, self.options.bf16)
+        cpu_bf16 = self.options.cpu_bf16
         if self.embed is None:
-            return predict_patches(*args)
+            return predict_patches(*args, cpu_bf16=cpu_bf16)
         try:
-            return predict_patches(*args, embed=self.embed)
+            return predict_patches(*args, embed=self.embed, cpu_bf16=cpu_bf16)
         except Exception as error:  # torch.compile's failures have no common base class
             log.warning("torch.compile failed in this actor, running eager: %s", error)
             self.embed = None
-            return predict_patches(*args)
+            return predict_patches(*args, cpu_bf16=cpu_bf16)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raytag.models.inference import average_by_track

@@ -24,6 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 from click.testing import CliRunner
 
 from raytag.audio import decode_patches
@@ -411,6 +412,29 @@ def test_compiled_model_scores_like_the_eager_model(catalogue: Catalogue) -> Non
                                embed=compiled_embed(loaded.model))  # fmt: skip
     for plain, fast in zip(eager, compiled, strict=True):
         np.testing.assert_allclose(fast, plain, atol=1e-4)
+
+
+def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catalogue) -> None:
+    """--cpu-bf16 reaches the model actors' forwards (the scores move, as bf16 moves them)
+    and keeps them within what bf16 costs; without it a CPU actor runs float32 exactly."""
+    from raytag.tagging import TagPredictor
+
+    loaded = load_model(catalogue.model)
+    patches = np.random.default_rng(0).standard_normal((11, 48_000)).astype(np.float32)
+    plain = predict_patches(loaded.model, patches, batch_size=8)
+    threads = torch.get_num_threads()  # an actor sets its own; this process keeps its
+    for cpu_bf16 in (False, True):
+        options = TagOptions(cpu_bf16=cpu_bf16).resolved({"CPU": 2.0})
+        try:
+            scores, embeddings = TagPredictor(loaded, options)._predict(patches)
+        finally:
+            torch.set_num_threads(threads)
+        difference = np.abs(scores - plain[0]).max()
+        if cpu_bf16:
+            assert 0 < difference < 0.05, difference
+            np.testing.assert_allclose(embeddings, plain[1], atol=0.1 * np.abs(plain[1]).max())
+        else:
+            assert difference == 0
 
 
 # -- failures: a killed model actor, a killed job -----------------------------------------
