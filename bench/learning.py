@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the 1-CPU training worker is 1; on a shared, oversubscribed 2-core machine 2 threads "
         "measured slower)",
     )
+    train.add_argument(
+        "--cpu-bf16", action="store_true", help="bf16 autocast on the CPU worker (TrainConfig)"
+    )
     train.add_argument("--run-name", default=None, help="default: learning-<UTC timestamp>")
     train.add_argument("--runs-dir", default=None, help="default: <data-dir>/runs")
 
@@ -654,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         val_patches_per_track=args.val_patches_per_track,
         num_workers=1,
         use_gpu=False,
+        cpu_bf16=args.cpu_bf16,
         storage_path=str(runs_dir),
         run_name=run_name,
         seed=args.seed,

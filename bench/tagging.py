@@ -4,10 +4,11 @@ For each model (the paper's full ``spectrogram`` and ``waveform`` presets):
 
 - decode ceiling: decode + resample + patch only, one process per core;
 - model ceiling: forward passes only, on already-decoded patches, one process using every
-  core, at the best batch size (plain eager model; torch.compile; on CPU, bf16 autocast).
-  It is measured again after ``raytag tag`` and the ratios use the mean of the two: this
-  shared VM's speed drifts by up to ~1.5x within minutes, and a ceiling taken in a fast or
-  slow moment would skew the ratio by as much;
+  core, at the best batch size, with malloc set as in raytag's model actors (eager model;
+  torch.compile; on CPU, bf16 autocast), and once more in a plain process (``model_plain``)
+  for the speed-up that setting gives.
+  It is measured again after ``raytag tag`` and the ratios use the mean of the two, so
+  one measure taken in an unusually fast or slow moment of this shared VM skews them less;
 - naive loop: for each file, decode then predict its patches one at a time (batch 1),
   as single-file taggers do;
 - ``raytag tag`` end to end on a fresh local Ray: read manifest -> decode -> model
@@ -185,17 +186,27 @@ def _synchronize(device: str) -> None:
 
 
 def stage_model(
-    files: list[str], max_patches: int, model_dir: str, device: str, compile_model: bool
+    files: list[str],
+    max_patches: int,
+    model_dir: str,
+    device: str,
+    compile_model: bool,
+    reuse_memory: bool = True,
 ) -> dict:
     """Model ceiling: forward passes only over already-decoded patches, every core (or the
-    GPU), the best batch size (chosen on a sample), for the plain eager model; with
+    GPU), the best batch size (chosen on a sample), for the eager model; with
     ``compile_model``, for the model through torch.compile (``raytag tag --compile``),
     whose outputs must stay within 1e-4 of eager; on CPU, under bf16 autocast
-    (``raytag tag --cpu-bf16``), with how far its scores move."""
+    (``raytag tag --cpu-bf16``), with how far its scores move. ``reuse_memory``: malloc
+    set as in raytag's model actors (``reuse_freed_memory``); off, the plain process."""
     import numpy as np
     import torch
 
     from raytag.checkpoint import load_model
+    from raytag.models.inference import reuse_freed_memory
+
+    if reuse_memory:
+        reuse_freed_memory()
 
     tracks = _decoded_patches(files, max_patches)
     patches = torch.from_numpy(np.concatenate([t.patches for t in tracks]))
@@ -228,7 +239,7 @@ def stage_model(
         else {"error": "not measured (--no-compile)"},
         **(
             {"cpu_bf16": _cpu_bf16_ceiling(model, patches, best, eager, duration, len(files))}
-            if device == "cpu"
+            if device == "cpu" and reuse_memory
             else {}
         ),
         "peak_rss_mb": _own_peak_rss_mb(),
@@ -592,10 +603,14 @@ def main() -> None:
     for name in args.models:
         folder = model_folder(name)
         result = record["models"][name] = {}
-        for stage, extra in (("model", {"compile_model": args.compile}), ("naive", {})):
-            result[stage] = run_stage(stage, files=files, model_dir=folder, device=device,
-                                      **common, **extra)  # fmt: skip
-            print(name, stage, json.dumps(result[stage]), flush=True)
+        for key, stage, extra in (
+            ("model_plain", "model", {"compile_model": False, "reuse_memory": False}),
+            ("model", "model", {"compile_model": args.compile}),
+            ("naive", "naive", {}),
+        ):
+            result[key] = run_stage(stage, files=files, model_dir=folder, device=device,
+                                    **common, **extra)  # fmt: skip
+            print(name, key, json.dumps(result[key]), flush=True)
             _save(record, args.results)  # a later failure keeps what was measured
         runs = {"raytag": {"compile_model": False}}
         if args.compile:
@@ -661,6 +676,12 @@ def _ratios(decode: dict, result: dict) -> dict:
             "tag_phase_over_lower_ceiling": round(result[key]["tag_phase_tracks_per_s"] / lower, 3),
             "over_naive": round(end_to_end / result["naive"]["tracks_per_s"], 3),
         }
+        if "model_plain" in result:  # the same forwards in a process left as Python starts it
+            plain = result["model_plain"]["tracks_per_s"]
+            ratios[key]["model_ceiling_over_plain_process"] = round(model_ceiling / plain, 3)
+            ratios[key]["over_plain_lower_ceiling"] = round(
+                end_to_end / min(decode["tracks_per_s"], plain), 3
+            )
         if "gpu" in result[key]:
             ratios[key]["tracks_per_s_per_gpu"] = round(end_to_end / result[key]["gpu"]["gpus"], 2)
     return ratios

@@ -409,6 +409,9 @@ class TagPredictor:
     def __init__(self, model: LoadedModel, options: TagOptions) -> None:
         import torch
 
+        from raytag.models.inference import reuse_freed_memory
+
+        reuse_freed_memory()  # a forward pass's tens of MB: no page faults on every call
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             # As many threads as CPUs reserved: Ray's OMP_NUM_THREADS is not relied upon.

@@ -32,7 +32,7 @@ from raytag.audio import AudioError, decode_patches, decode_random_patches, deco
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model, model_from_config
-from raytag.models.inference import bf16_autocast
+from raytag.models.inference import bf16_autocast, reuse_freed_memory
 from raytag.patching import random_crops, split_patches
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ class TrainConfig:
     cache_decoded: bool = True  # keep decoded audio in the object store between epochs
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    mixed_precision: bool = True  # bf16 autocast, GPU only
+    mixed_precision: bool = True  # bf16 autocast on GPU
+    # bf16 autocast on CPU workers too (opt-in): faster on CPUs with bf16 dot products
+    # (AVX512-BF16, AMX), slower on those without (docs/learning.md has a run).
+    cpu_bf16: bool = False
     storage_path: str = "runs"
     run_name: str = "raytag"
     max_failures: int = 3
@@ -326,6 +329,7 @@ def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One worker's training: resumes from the last checkpoint if Ray Train hands one over."""
+    reuse_freed_memory()  # the same batch shapes again and again: keep their pages
     config = TrainConfig(**loop_config["train"])
     vocabulary: list[str] = loop_config["vocabulary"]
     start: InitialModel = loop_config["initial_model"]
@@ -358,7 +362,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     train_shard = train.get_dataset_shard("train")
     valid_shard = train.get_dataset_shard("valid")
-    use_amp = config.mixed_precision
+    use_amp, cpu_bf16 = config.mixed_precision, config.cpu_bf16
 
     for epoch in range(start_epoch, config.epochs):
         if state["epochs_since_best"] >= config.early_stopping_patience:
@@ -374,7 +378,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         clock = _DataClock(batches)
         for batch in clock:
-            with bf16_autocast(device, use_amp):
+            with bf16_autocast(device, use_amp, on_cpu=cpu_bf16):
                 logits = model(batch["patch"])
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch["target"])
             optimiser.zero_grad(set_to_none=True)
@@ -389,7 +393,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for batch in valid_shard.iter_torch_batches(
                 batch_size=config.batch_size, dtypes=torch.float32, device=device
             ):
-                with bf16_autocast(device, use_amp):
+                with bf16_autocast(device, use_amp, on_cpu=cpu_bf16):
                     logits = model(batch["patch"])
                 val_total += (
                     F.binary_cross_entropy_with_logits(

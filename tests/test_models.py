@@ -4,6 +4,9 @@ any-length inputs, the registry and track-level prediction."""
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
 
 import librosa
 import numpy as np
@@ -238,3 +241,40 @@ def test_long_track_policy_k_evenly_spaced() -> None:
     assert predict_track(model, wave, AudioConfig()).n_patches == 20
     short = np.ones(20_000, dtype=np.float32)
     assert predict_track(model, short, AudioConfig()).n_patches == 1
+
+
+def test_bf16_autocast_on_cpu_only_when_asked() -> None:
+    """CPU stays float32 unless ``on_cpu`` (--cpu-bf16): its outputs must not move silently."""
+    from raytag.models.inference import bf16_autocast
+
+    a, cpu = torch.ones(4, 4), torch.device("cpu")
+    for kwargs, dtype in (({}, torch.float32), ({"on_cpu": True}, torch.bfloat16),
+                          ({"bf16": False, "on_cpu": True}, torch.float32)):  # fmt: skip
+        with bf16_autocast(cpu, **kwargs):
+            assert (a @ a).dtype == dtype, kwargs
+
+
+_PAGE_FAULTS = """
+import resource, sys, torch
+from raytag.models.inference import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "reuse" else False
+torch.ones(10 << 20)  # 40 MB: above glibc's largest mmap threshold
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(10 << 20)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_model_processes_reuse_freed_memory_without_page_faults() -> None:
+    """A model process allocates the same tens of MB on every forward pass: with
+    reuse_freed_memory it keeps those pages instead of faulting fresh ones in each time."""
+    faults = {}
+    for mode in ("default", "reuse"):
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, mode], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+        faults[mode] = (out[0] == "True", int(out[1]))
+    pages = 10 * (40 << 20) // resource.getpagesize()
+    assert faults["default"][1] > pages / 2, faults  # glibc's default: fresh pages each time
+    applied, reused = faults["reuse"]
+    assert applied and reused < pages / 5, faults  # the heap grows once, then is reused

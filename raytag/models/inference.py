@@ -6,6 +6,8 @@ averaged back per track, as the reference models do at test time.
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,6 +25,29 @@ class TrackPrediction:
     scores: np.ndarray  # (n_tags,) mean of patch sigmoids
     embedding: np.ndarray  # (dense_units,) mean of patch embeddings
     n_patches: int
+
+
+# glibc mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process for the next allocation.
+
+    By default glibc serves blocks above a threshold that adapts at run time (up to 32 MB)
+    with fresh mmap'd pages and hands them back on free, so a forward pass whose
+    activations are tens of MB (the waveform model's first layers: 33 MB at 8 patches)
+    page-faults and zeroes them again on every call. Which sizes fall above the threshold
+    differs from process to process: on these 2-core CPUs the same forward pass ran ~1.5x
+    slower in one process in three, for its whole life (docs/benchmarks.md). Without mmap
+    and trimming, a process that runs the same shapes again and again reuses the same
+    pages; its peak RSS measured no higher. For model processes only (actors, training
+    workers). Returns whether it applied: glibc on Linux only.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False):
