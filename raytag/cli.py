@@ -252,8 +252,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     "--cpu-bf16/--no-cpu-bf16",
     default=False,
     show_default=True,
-    help="bf16 autocast on CPU workers too (GPU workers always): faster on CPUs with bf16 "
-    "units (AVX512-BF16, AMX), slower elsewhere.",
+    help="bf16 autocast on CPU workers too (GPU workers use it by default): faster on CPUs "
+    "with bf16 units (AVX512-BF16, AMX), slower elsewhere.",
 )
 @click.option(
     "--storage-path", default="runs", show_default=True, help="Checkpoints (local or s3://)."

@@ -141,21 +141,21 @@ class TagOptions:
     # where decoding is the bottleneck: each actor keeps its next block queued, so no
     # core idles between blocks while the driver schedules (+23 % tagging throughput on
     # an H200 node with 16 CPUs, docs/benchmarks.md). Tasks on CPU-only clusters, where
-    # decoding is ~5 % of the work and comes and goes beside the model.
+    # decoding is ~20 % of the work and comes and goes beside the model.
     decode_actors: bool | None = None
     # Concurrent decode tasks (or actors). None: see resolved().
     decode_tasks: int | None = None
     # Logical CPUs a decode task (or actor) reserves. None: 1 where GPUs do the model
     # (decoding is the bottleneck there), 0.25 on CPU-only clusters, where the model is
-    # ~95 % of the work and every core should run it.
+    # ~80 % of the work and every core should run it.
     decode_cpus: float | None = None
     # Reserved per decode task (Ray's memory resource), so a node never runs more decodes
     # than fit. Declaring it also keeps decoding out of the model actors: Ray Data fuses
     # stages whose resource requests are equal.
     decode_memory_mb: int = 1024
     predict_batch_size: int = 16  # tracks per model call
-    # Patches per forward pass. None: 256 on GPU; 8 on CPU, where larger batches run
-    # slower (activations fall out of cache).
+    # Patches per forward pass. None: 256 on GPU; 8 on CPU, where 32 ran at most a few %
+    # faster (once actors reuse freed memory) for 4x the activations' memory.
     patch_batch_size: int | None = None
     actors: int | None = None  # model replicas; None: one per GPU, else see resolved()
     # Logical CPUs per CPU actor; it runs that many torch threads (at least one), never
@@ -197,7 +197,7 @@ class TagOptions:
         on every CPU but one (the driver, the steps before decoding and the writes run
         there). CPU only: one single-threaded actor per CPU at 0.75 of a logical CPU
         (measured faster than fewer multi-threaded ones), 8-patch forwards, and decode
-        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~5 % of the work. Either
+        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~20 % of the work. Either
         way, executions of 12,500 pending rows per CPU, at most a million.
         """
         cpus = max(1, int(cluster.get("CPU", 1)))
