@@ -445,10 +445,14 @@ class TagPredictor:
         from raytag.models.inference import average_by_track
 
         ok = pc.is_null(batch[ERROR_CODE])
-        good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
+        # Failed rows carry no patches, so the whole column flattened is the good rows'
+        # patches, without a copy; filtering it would copy a block's tens of MB of audio
+        # (~6 % of a CPU actor's time).
+        flat = pc.list_flatten(batch[_PATCHES]).to_numpy()
+        rows = batch.drop_columns([_PATCHES])
+        good, bad = rows.filter(ok), rows.filter(pc.invert(ok))
         columns = None
         if good.num_rows:
-            flat = pc.list_flatten(good[_PATCHES]).to_numpy()
             patch_scores, patch_embeddings = self._predict(flat.reshape(-1, self.patch_samples))
             counts = good["n_patches"].to_numpy()
             columns = self._prediction_columns(
@@ -457,8 +461,8 @@ class TagPredictor:
             )
         return pa.concat_tables(
             [
-                _set_columns(good.drop_columns([_PATCHES]), columns or self._null_columns(0)),
-                _set_columns(bad.drop_columns([_PATCHES]), self._null_columns(bad.num_rows)),
+                _set_columns(good, columns or self._null_columns(0)),
+                _set_columns(bad, self._null_columns(bad.num_rows)),
             ]
         )
 
