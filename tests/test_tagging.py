@@ -253,7 +253,8 @@ def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run
     # Where the time went: pairing with the output, tagging, the final verify.
     phases = attempt["phases_s"]
     assert set(phases) == {"plan_s", "tag_s", "verify_s"} and min(phases.values()) > 0
-    assert sum(phases.values()) <= attempt["wall_s"]
+    # Each of the four figures is rounded to the millisecond: up to 2 ms apart by rounding.
+    assert sum(phases.values()) <= attempt["wall_s"] + 0.002
     assert record["software"]["ray"] == ray.__version__
     line = summary.line()
     assert "every row exactly once" in line and "tracks/s" in line and output in line
