@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -430,16 +431,16 @@ class TagPredictor:
     def _predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from raytag.models.inference import predict_patches
 
-        args = (self.model, patches, self.options.patch_batch_size, self.options.bf16)
-        cpu_bf16 = self.options.cpu_bf16
+        predict = partial(predict_patches, self.model, patches, self.options.patch_batch_size,
+                          self.options.bf16, cpu_bf16=self.options.cpu_bf16)  # fmt: skip
         if self.embed is None:
-            return predict_patches(*args, cpu_bf16=cpu_bf16)
+            return predict()
         try:
-            return predict_patches(*args, embed=self.embed, cpu_bf16=cpu_bf16)
+            return predict(embed=self.embed)
         except Exception as error:  # torch.compile's failures have no common base class
             log.warning("torch.compile failed in this actor, running eager: %s", error)
             self.embed = None
-            return predict_patches(*args, cpu_bf16=cpu_bf16)
+            return predict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raytag.models.inference import average_by_track
