@@ -252,8 +252,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     "--cpu-bf16/--no-cpu-bf16",
     default=False,
     show_default=True,
-    help="bf16 autocast on CPU workers too (GPU workers use it by default): faster on CPUs "
-    "with bf16 units (AVX512-BF16, AMX), slower elsewhere.",
+    help="bf16 autocast on CPU workers too (GPU workers use it by default). A training step "
+    "measured no faster with it on a CPU with AVX512-BF16 (docs/benchmarks.md).",
 )
 @click.option(
     "--storage-path", default="runs", show_default=True, help="Checkpoints (local or s3://)."
@@ -396,7 +396,7 @@ def _join_ray(address: str | None) -> None:
     default=False,
     show_default=True,
     help="bf16 autocast on CPU actors too: faster on CPUs with bf16 units (AVX512-BF16, AMX), "
-    "slower elsewhere; scores move by up to ~0.03 (see docs/benchmarks.md).",
+    "likely slower elsewhere (not measured); scores move by up to ~0.03 (docs/benchmarks.md).",
 )
 @click.option(
     "--compile/--no-compile",

@@ -165,8 +165,9 @@ class TagOptions:
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     bf16: bool = True  # autocast on GPU
     # bf16 autocast on CPU too: ~1.45x (spectrogram) and ~1.2x (waveform) per core on CPUs
-    # with bf16 dot products (AVX512-BF16, AMX), slower on those without; scores move by
-    # up to ~0.03. Off by default: CPU outputs stay float32's (docs/benchmarks.md).
+    # with bf16 dot products (AVX512-BF16, AMX), likely slower on those without (not
+    # measured); scores move by up to ~0.03. Off by default: CPU outputs stay float32's
+    # (docs/benchmarks.md).
     cpu_bf16: bool = False
     # torch.compile the model in each actor (outputs within 1e-5 of eager on CPU). It costs
     # 7-70 s per actor and needs a C++ compiler on CPU nodes (an actor whose compile fails

@@ -53,9 +53,10 @@ def reuse_freed_memory() -> bool:
 def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False):
     """bf16 autocast on GPU (training and inference alike); on CPU only with ``on_cpu``.
 
-    CPUs are opt-in: bf16 moves scores by up to ~0.03 (float32 on GPU is no closer), runs
-    ~1.2-1.45x faster per core where the CPU has bf16 dot products (AVX512-BF16, AMX) and
-    slower where it must emulate them (docs/benchmarks.md).
+    CPUs are opt-in: bf16 moves scores by up to ~0.03 (as on GPU, where it is the
+    default). Forward passes ran ~1.2-1.45x faster per core on a CPU with bf16 dot products
+    (AVX512-BF16), see docs/benchmarks.md; CPUs that must emulate them are likely slower
+    (not measured).
     """
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
