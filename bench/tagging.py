@@ -4,9 +4,10 @@ For each model (the paper's full ``spectrogram`` and ``waveform`` presets):
 
 - decode ceiling: decode + resample + patch only, one process per core;
 - model ceiling: forward passes only, on already-decoded patches, one process using every
-  core, at the best batch size, with malloc set as in raytag's model actors (eager model;
-  torch.compile; on CPU, bf16 autocast), and once more in a plain process (``model_plain``)
-  for the speed-up that setting gives.
+  core, at the best batch size, in a process started with raytag's model-actor
+  environment (``model_process_env``: malloc keeps freed memory; eager model;
+  torch.compile; on CPU, bf16 autocast), and once more in a plain process
+  (``model_plain``) for the speed-up that setting gives.
   It is measured again after ``raytag tag`` and the ratios use the mean of the two, so
   one measure taken in an unusually fast or slow moment of this shared VM skews them less;
 - naive loop: for each file, decode then predict its patches one at a time (batch 1),
@@ -191,22 +192,18 @@ def stage_model(
     model_dir: str,
     device: str,
     compile_model: bool,
-    reuse_memory: bool = True,
+    bf16_ceiling: bool = True,
 ) -> dict:
     """Model ceiling: forward passes only over already-decoded patches, every core (or the
     GPU), the best batch size (chosen on a sample), for the eager model; with
     ``compile_model``, for the model through torch.compile (``raytag tag --compile``),
     whose outputs must stay within 1e-4 of eager; on CPU, under bf16 autocast
-    (``raytag tag --cpu-bf16``), with how far its scores move. ``reuse_memory``: malloc
-    set as in raytag's model actors (``reuse_freed_memory``); off, the plain process."""
+    (``raytag tag --cpu-bf16``, unless not ``bf16_ceiling``), with how far its scores
+    move. The process's environment (``run_stage``) decides how malloc runs."""
     import numpy as np
     import torch
 
     from raytag.checkpoint import load_model
-    from raytag.models.inference import reuse_freed_memory
-
-    if reuse_memory:
-        reuse_freed_memory()
 
     tracks = _decoded_patches(files, max_patches)
     patches = torch.from_numpy(np.concatenate([t.patches for t in tracks]))
@@ -239,7 +236,7 @@ def stage_model(
         else {"error": "not measured (--no-compile)"},
         **(
             {"cpu_bf16": _cpu_bf16_ceiling(model, patches, best, eager, duration, len(files))}
-            if device == "cpu" and reuse_memory
+            if device == "cpu" and bf16_ceiling
             else {}
         ),
         "peak_rss_mb": _own_peak_rss_mb(),
@@ -518,11 +515,12 @@ class GpuSampler:
             time.sleep(0.2)
 
 
-def run_stage(stage: str, **kwargs) -> dict:
-    """One stage in a fresh child process; its JSON result."""
+def run_stage(stage: str, env: dict[str, str] | None = None, **kwargs) -> dict:
+    """One stage in a fresh child process, ``env`` added to its environment; its JSON
+    result."""
     child = subprocess.run(
         [sys.executable, __file__, "--stage", stage],
-        input=json.dumps(kwargs), capture_output=True, text=True,
+        input=json.dumps(kwargs), capture_output=True, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     if child.returncode:
         raise RuntimeError(f"stage {stage} failed:\n{child.stderr[-4000:]}")
@@ -581,12 +579,15 @@ def main() -> None:
 
     import torch
 
+    from raytag.models.inference import model_process_env
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     inputs = make_inputs(args.generated, args.quick, tuple(args.full_length))
     files = [f for kind in inputs.values() for f in kind]
     repeated = files * args.repeat
     manifest = write_manifest(repeated, DATA / "manifest.parquet")
     common = {"max_patches": args.max_patches}
+    model_env = model_process_env()  # as raytag's model actors run
     print(f"{len(files)} files: " + ", ".join(f"{len(v)} {k}" for k, v in inputs.items()))
     record = {
         "benchmark": "tagging",
@@ -603,12 +604,12 @@ def main() -> None:
     for name in args.models:
         folder = model_folder(name)
         result = record["models"][name] = {}
-        for key, stage, extra in (
-            ("model_plain", "model", {"compile_model": False, "reuse_memory": False}),
-            ("model", "model", {"compile_model": args.compile}),
-            ("naive", "naive", {}),
+        for key, stage, env, extra in (
+            ("model_plain", "model", None, {"compile_model": False, "bf16_ceiling": False}),
+            ("model", "model", model_env, {"compile_model": args.compile}),
+            ("naive", "naive", None, {}),  # a plain process, as such a script is
         ):
-            result[key] = run_stage(stage, files=files, model_dir=folder, device=device,
+            result[key] = run_stage(stage, env, files=files, model_dir=folder, device=device,
                                     **common, **extra)  # fmt: skip
             print(name, key, json.dumps(result[key]), flush=True)
             _save(record, args.results)  # a later failure keeps what was measured
@@ -629,8 +630,8 @@ def main() -> None:
             print(name, label, json.dumps(result["variants"][label]), flush=True)
             _save(record, args.results)
         # The ceiling again, after the end-to-end runs: the ratios use the mean of both.
-        result["model_after"] = run_stage("model", files=files, model_dir=folder, device=device,
-                                          compile_model=False, **common)  # fmt: skip
+        result["model_after"] = run_stage("model", model_env, files=files, model_dir=folder,
+                                          device=device, compile_model=False, **common)  # fmt: skip
         print(name, "model_after", json.dumps(result["model_after"]), flush=True)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
         print(name, "ratios", json.dumps(result["ratios"]), flush=True)

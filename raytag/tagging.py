@@ -318,6 +318,8 @@ def _tag_rows(
     options: TagOptions,
 ) -> None:
     """One Ray Data execution: decode, tag and write ``rows``."""
+    from raytag.models.inference import model_process_env
+
     decode, decode_pool = (
         (Decoder, ray.data.ActorPoolStrategy(size=options.decode_tasks))
         if options.decode_actors
@@ -344,6 +346,7 @@ def _tag_rows(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
             num_cpus=options.cpus_per_actor,
             num_gpus=1 if options.use_gpu else 0,
+            runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory
         )
         .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
     )
@@ -411,9 +414,6 @@ class TagPredictor:
     def __init__(self, model: LoadedModel, options: TagOptions) -> None:
         import torch
 
-        from raytag.models.inference import reuse_freed_memory
-
-        reuse_freed_memory()  # a forward pass's tens of MB: no page faults on every call
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             # As many threads as CPUs reserved: Ray's OMP_NUM_THREADS is not relied upon.

@@ -32,7 +32,7 @@ from raytag.audio import AudioError, decode_patches, decode_random_patches, deco
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model, model_from_config
-from raytag.models.inference import bf16_autocast, reuse_freed_memory
+from raytag.models.inference import bf16_autocast, model_process_env
 from raytag.patching import random_crops, split_patches
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,6 @@ def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One worker's training: resumes from the last checkpoint if Ray Train hands one over."""
-    reuse_freed_memory()  # the same batch shapes again and again: keep their pages
     config = TrainConfig(**loop_config["train"])
     vocabulary: list[str] = loop_config["vocabulary"]
     start: InitialModel = loop_config["initial_model"]
@@ -510,6 +509,7 @@ def fit(
             name=config.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
+            worker_runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,

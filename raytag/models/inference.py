@@ -6,9 +6,8 @@ averaged back per track, as the reference models do at test time.
 
 from __future__ import annotations
 
-import ctypes
-import platform
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -27,27 +26,30 @@ class TrackPrediction:
     n_patches: int
 
 
-# glibc mallopt() parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's malloc settings for processes that run the model, as GLIBC_TUNABLES: one arena
+# for every thread, no mmap'd blocks, no trimming.
+_MALLOC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+)
 
 
-def reuse_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory in the process for the next allocation.
+def model_process_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment for the processes that run the model (tagging actors, training
+    workers), so that glibc's malloc keeps freed memory for the next forward pass.
 
     By default glibc serves blocks above a threshold that adapts at run time (up to 32 MB)
-    with fresh mmap'd pages and hands them back on free, so a forward pass whose
+    with fresh mmap'd pages and hands them back on free, and a thread other than the main
+    one (Ray runs actors' batches and training loops in one) allocates from an arena whose
+    heaps go back to the kernel whenever they empty. Either way a forward pass whose
     activations are tens of MB (the waveform model's first layers: 33 MB at 8 patches)
-    page-faults and zeroes them again on every call. Which sizes fall above the threshold
-    differs from process to process: on these 2-core CPUs the same forward pass ran ~1.5x
-    slower in one process in three, for its whole life (docs/benchmarks.md). Without mmap
-    and trimming, a process that runs the same shapes again and again reuses the same
-    pages; its peak RSS measured no higher. For model processes only (actors, training
-    workers). Returns whether it applied: glibc on Linux only.
+    page-faults and zeroes them again on every call: on these 2-core CPUs up to 2.4x
+    slower per patch, differing from process to process (docs/benchmarks.md). glibc reads
+    these settings only when a process starts, so they go to Ray as the actors' and
+    workers' runtime environment. Peak RSS measured no higher. A GLIBC_TUNABLES already in
+    ``environ`` is kept after ours, so an operator's own settings win.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL("libc.so.6")
-    return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    own = environ.get("GLIBC_TUNABLES")
+    return {"GLIBC_TUNABLES": f"{_MALLOC_TUNABLES}:{own}" if own else _MALLOC_TUNABLES}
 
 
 def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False):
