@@ -342,7 +342,9 @@ def _tag_rows(
             batch_size=options.predict_batch_size,
             batch_format="pyarrow",
             # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
-            # dead actor and retry its batch on the replacement.
+            # dead actor and retry its batch on the replacement. Autoscaled from 1, not a
+            # fixed pool: that reserves its CPUs before the first stage runs, and on a 2-CPU
+            # node left the manifest check none (it hung; docs/benchmarks.md).
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
             num_cpus=options.cpus_per_actor,
             num_gpus=1 if options.use_gpu else 0,
