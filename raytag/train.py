@@ -67,9 +67,10 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     mixed_precision: bool = True  # bf16 autocast on GPU
-    # bf16 autocast on CPU workers too (opt-in): slower on CPUs without bf16 dot products
-    # (AVX512-BF16, AMX); even with them, a spectrogram-small-semitone training step ran
-    # no faster than float32 here (docs/benchmarks.md, training throughput).
+    # bf16 autocast on CPU workers too (opt-in): likely slower on CPUs without bf16 dot
+    # products (AVX512-BF16, AMX; not measured); even with them, a training step of
+    # spectrogram-small-semitone ran no faster than float32 here (docs/benchmarks.md,
+    # training throughput).
     cpu_bf16: bool = False
     storage_path: str = "runs"
     run_name: str = "raytag"
