@@ -197,10 +197,13 @@ class TagOptions:
 
         With GPUs: one actor per GPU, 256-patch forwards, and decode actors of 1 CPU each
         on every CPU but one (the driver, the steps before decoding and the writes run
-        there). CPU only: one single-threaded actor per CPU at 0.75 of a logical CPU
-        (measured faster than fewer multi-threaded ones), 8-patch forwards, and decode
-        tasks at 0.25 CPU, at most one per four CPUs: decoding is ~20 % of the work. Either
-        way, executions of 12,500 pending rows per CPU, at most a million.
+        there). CPU only: one single-threaded actor per CPU (measured faster than fewer
+        multi-threaded ones), 8-patch forwards, and decode tasks at 0.25 CPU, at most one
+        per four CPUs: decoding is ~20 % of the work. The actors reserve 0.75 of a logical
+        CPU each, less on small nodes, so that a whole one stays free beside the full pool:
+        the step that cuts pending rows into decode blocks runs at Ray Data's 1 CPU and
+        would otherwise wait for good (see :func:`_tag_rows`). Either way, executions of
+        12,500 pending rows per CPU, at most a million.
         """
         cpus = max(1, int(cluster.get("CPU", 1)))
         use_gpu = self.use_gpu if self.use_gpu is not None else cluster.get("GPU", 0) >= 1
@@ -213,13 +216,17 @@ class TagOptions:
                 "decode_actors": True,
             }
         else:
+            actors = self.actors or cpus
+            decode_tasks = self.decode_tasks or max(1, cpus // 4)
+            decode_cpus = 0.25 if self.decode_cpus is None else self.decode_cpus
+            spare = cpus - 1 - decode_tasks * decode_cpus  # one whole CPU for the split
             defaults = {
-                "actors": cpus,
-                "cpus_per_actor": 0.75,
+                "actors": actors,
+                "cpus_per_actor": max(0.25, min(0.75, spare / actors)),
                 "patch_batch_size": 8,
-                "decode_cpus": 0.25,
+                "decode_cpus": decode_cpus,
                 "decode_actors": False,
-                "decode_tasks": max(1, cpus // 4),
+                "decode_tasks": decode_tasks,
             }
         defaults["rows_per_execution"] = min(
             _MAX_ROWS_PER_EXECUTION, _ROWS_PER_EXECUTION_PER_CPU * cpus
@@ -238,8 +245,8 @@ class TagOptions:
         if (resolved.decode_actors or not use_gpu) and resolved.may_stall(cluster.get("CPU", 0)):
             log.warning(
                 "model actors reserve %d x %.2f of %s CPUs and decoding %.2f: Ray Data may "
-                "find no CPU for the stages before the model and stall. Leave 0.25 CPU "
-                "spare, and a whole CPU beside the first actor (--cpus-per-actor <= CPUs - 1)",
+                "find no CPU for the stages before the model and stall. Leave a whole CPU "
+                "spare (--actors x --cpus-per-actor + decoding <= CPUs - 1)",
                 resolved.actors,
                 resolved.cpus_per_actor,
                 cluster.get("CPU", 0),
@@ -254,14 +261,15 @@ class TagOptions:
         return decode_cpus * (self.decode_tasks or 1) if self.decode_actors else decode_cpus
 
     def may_stall(self, cpus: float) -> bool:
-        """Whether CPU actors this size starve the other stages of a ``cpus``-CPU cluster.
+        """Whether the full model pool starves the other stages of a ``cpus``-CPU cluster.
 
-        Seen here on 2 CPUs, each stalling the run for good: one actor of 1.75 CPUs (no
-        room for a decode task), and one of 1.5 (the first actor starts at once, and the
-        step that cuts pending rows into decode blocks then finds no whole CPU).
+        The pool and decoding must leave one whole CPU: the step that cuts pending rows
+        into decode blocks runs at Ray Data's default of 1 CPU, and the pool does not
+        shrink to make room. Seen here on 2 CPUs, each stalling the run for good: one
+        actor of 1.75 or 1.5 CPUs, and two actors of 0.75 beside a decode task.
         """
         reserved = self.actors * self.cpus_per_actor + self.decode_reserved_cpus
-        return reserved > cpus - 0.25 or self.cpus_per_actor > cpus - 1
+        return reserved > cpus - 1
 
 
 # -- the pipeline ----------------------------------------------------------------------
@@ -320,6 +328,14 @@ def _tag_rows(
     """One Ray Data execution: decode, tag and write ``rows``."""
     from raytag.models.inference import model_process_env
 
+    # The model pool starts at full size and never shrinks by utilisation, only when the
+    # inputs are done. With Ray Data's default (shrink at <= 0.5 tasks in flight per
+    # actor) a pool of two lost an actor whenever decoding lagged for a moment and started
+    # a fresh process seconds later: six model loads in a 76-s run (docs/benchmarks.md).
+    # Safe because the CPU layout leaves a whole CPU for the 1-CPU split below.
+    rows.context.autoscaling_config = replace(
+        rows.context.autoscaling_config, actor_pool_util_downscaling_threshold=-1.0
+    )
     decode, decode_pool = (
         (Decoder, ray.data.ActorPoolStrategy(size=options.decode_tasks))
         if options.decode_actors
@@ -342,10 +358,10 @@ def _tag_rows(
             batch_size=options.predict_batch_size,
             batch_format="pyarrow",
             # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
-            # dead actor and retry its batch on the replacement. Autoscaled from 1, not a
-            # fixed pool: that reserves its CPUs before the first stage runs, and on a 2-CPU
-            # node left the manifest check none (it hung; docs/benchmarks.md).
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors),
+            # dead actor and retry its batch on the replacement.
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=options.actors, initial_size=options.actors
+            ),
             num_cpus=options.cpus_per_actor,
             num_gpus=1 if options.use_gpu else 0,
             runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory

@@ -388,11 +388,17 @@ def test_automatic_options_fit_the_cluster() -> None:
     mine = TagOptions(actors=3, patch_batch_size=32, use_gpu=False).resolved({"CPU": 16, "GPU": 2})
     assert (mine.use_gpu, mine.actors, mine.patch_batch_size, mine.decode_cpus) == (
         False, 3, 32, 0.25)  # fmt: skip
+    # On a small node the actors reserve less, so that the full pool and decoding leave
+    # the whole CPU that the step cutting rows into decode blocks needs.
+    two = TagOptions().resolved({"CPU": 2.0})
+    assert (two.actors, two.cpus_per_actor, two.decode_tasks) == (2, 0.375, 1)
+    assert two.actors * two.cpus_per_actor + two.decode_reserved_cpus == 1.0
     # Layouts seen to stall Ray Data for good on 2 CPUs are flagged; the default is not.
-    assert not TagOptions().resolved({"CPU": 2.0}).may_stall(2.0)
+    assert not two.may_stall(2.0)
     for stalled in (
         {"actors": 1, "cpus_per_actor": 1.5},
         {"actors": 1, "cpus_per_actor": 1.75},
+        {"cpus_per_actor": 0.75},  # two such actors beside a decode task
         {"decode_actors": True, "decode_tasks": 4},  # four held 0.25-CPU decoders
     ):
         assert TagOptions(**stalled).resolved({"CPU": 2.0}).may_stall(2.0), stalled
