@@ -384,8 +384,9 @@ def _join_ray(address: str | None) -> None:
     "--cpus-per-actor",
     type=float,
     default=None,
-    help="CPUs an actor reserves; CPU actors run that many torch threads (default: 1 on GPU "
-    "nodes, 0.75 on CPU-only clusters: one single-threaded replica per core).",
+    help="CPUs an actor reserves; CPU actors run that many torch threads, at least 1 "
+    "(default: 1 on GPU nodes; on CPU-only clusters 0.75, less below 6 CPUs so that a whole "
+    "CPU stays free, 0.375 on 2: one single-threaded replica per core).",
 )
 @click.option(
     "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
