@@ -85,8 +85,10 @@ def evaluate_command(
 ) -> None:
     """Score whole tracks of a labelled manifest; write per-tag and macro ROC-AUC / PR-AUC."""
     from raytag.evaluate import evaluate_model, write_metrics
+    from raytag.models.inference import keep_freed_memory
     from raytag.registry import load
 
+    keep_freed_memory()  # the forward passes run here, not in Ray's model actors
     loaded = load(model_uri, device=device)
     metrics = evaluate_model(
         loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size

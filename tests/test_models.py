@@ -4,7 +4,10 @@ any-length inputs, the registry and track-level prediction."""
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import librosa
@@ -290,3 +293,37 @@ def test_model_processes_reuse_freed_memory_without_page_faults(ray_local: str) 
     # An operator's own tunables stay, after raytag's (glibc applies them in order).
     mine = model_process_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
     assert mine["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"] + ":glibc.malloc.arena_max=4"
+
+
+_MAIN_THREAD_FAULTS = """
+import resource, sys, torch
+from raytag.models.inference import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+for _ in range(3):
+    torch.ones(10 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(10 << 20)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_a_running_process_keeps_freed_memory_for_its_main_thread() -> None:
+    """``raytag evaluate`` runs forward passes in its own main thread: keep_freed_memory
+    applies the model processes' malloc settings there, after start, through mallopt."""
+
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _MAIN_THREAD_FAULTS, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    pages = 10 * (40 << 20) // resource.getpagesize()
+    (_, plain), (applied, kept) = faults("plain"), faults("keep")
+    assert applied == "True"  # glibc took every setting
+    assert plain > pages / 2, (plain, kept)  # 40 MB blocks: fresh mmap'd pages each time
+    assert kept < pages / 20, (plain, kept)  # the heap grows once, then is reused
