@@ -264,9 +264,10 @@ class TagOptions:
         """Whether the full model pool starves the other stages of a ``cpus``-CPU cluster.
 
         The pool and decoding must leave one whole CPU: the step that cuts pending rows
-        into decode blocks runs at Ray Data's default of 1 CPU, and the pool does not
-        shrink to make room. Seen here on 2 CPUs, each stalling the run for good: one
-        actor of 1.75 or 1.5 CPUs, and two actors of 0.75 beside a decode task.
+        into decode blocks runs at Ray Data's default of 1 CPU. Layouts that leave less
+        are tagged with a pool that grows from one actor and shrinks when idle, so that
+        the split gets its turn (see :func:`_tag_rows`); even so, one actor of 1.75 or
+        1.5 CPUs stalled the run for good on 2 CPUs here.
         """
         reserved = self.actors * self.cpus_per_actor + self.decode_reserved_cpus
         return reserved > cpus - 1
@@ -294,7 +295,9 @@ def tag_catalogue(
     sink = TagSink(output, prediction_schema(manifest, options).names, options.rows_per_file)
     phases = {"plan_s": time.time() - started}
     if n_pending:
-        options = options.resolved(ray.cluster_resources())
+        cluster = ray.cluster_resources()
+        options = options.resolved(cluster)
+        steady_pool = not options.may_stall(cluster.get("CPU", 0))
         # Whole buckets per execution, so each bucket's copies of a track_id stay together.
         parts = min(-(-n_pending // options.rows_per_execution), _buckets(manifest))
         for part in range(parts):
@@ -302,7 +305,7 @@ def tag_catalogue(
                 log.info("tagging part %d of %d of %d pending rows", part + 1, parts, n_pending)
             sink.part = part
             rows = _pending_part(unmatched, manifest.normalised_schema, part, parts)
-            _tag_rows(rows, sink, model, audio, options)
+            _tag_rows(rows, sink, model, audio, options, steady_pool)
     phases["tag_s"] = time.time() - started - phases["plan_s"]
 
     report = _verify(manifest, output)
@@ -324,18 +327,24 @@ def _tag_rows(
     model: LoadedModel,
     audio: AudioConfig,
     options: TagOptions,
+    steady_pool: bool,
 ) -> None:
-    """One Ray Data execution: decode, tag and write ``rows``."""
+    """One Ray Data execution: decode, tag and write ``rows``.
+
+    With ``steady_pool`` the model pool starts at full size and never shrinks by
+    utilisation, only when the inputs are done. With Ray Data's default (shrink at <= 0.5
+    tasks in flight per actor) a pool of two lost an actor whenever decoding lagged for a
+    moment and started a fresh process seconds later: six model loads in a 76-s run
+    (docs/benchmarks.md). Only where the layout leaves the 1-CPU split below a whole CPU
+    beside the full pool (not ``may_stall``): elsewhere the pool grows from one actor and
+    shrinking is what lets the split run.
+    """
     from raytag.models.inference import model_process_env
 
-    # The model pool starts at full size and never shrinks by utilisation, only when the
-    # inputs are done. With Ray Data's default (shrink at <= 0.5 tasks in flight per
-    # actor) a pool of two lost an actor whenever decoding lagged for a moment and started
-    # a fresh process seconds later: six model loads in a 76-s run (docs/benchmarks.md).
-    # Safe because the CPU layout leaves a whole CPU for the 1-CPU split below.
-    rows.context.autoscaling_config = replace(
-        rows.context.autoscaling_config, actor_pool_util_downscaling_threshold=-1.0
-    )
+    if steady_pool:
+        rows.context.autoscaling_config = replace(
+            rows.context.autoscaling_config, actor_pool_util_downscaling_threshold=-1.0
+        )
     decode, decode_pool = (
         (Decoder, ray.data.ActorPoolStrategy(size=options.decode_tasks))
         if options.decode_actors
@@ -360,7 +369,9 @@ def _tag_rows(
             # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
             # dead actor and retry its batch on the replacement.
             compute=ray.data.ActorPoolStrategy(
-                min_size=1, max_size=options.actors, initial_size=options.actors
+                min_size=1,
+                max_size=options.actors,
+                initial_size=options.actors if steady_pool else 1,
             ),
             num_cpus=options.cpus_per_actor,
             num_gpus=1 if options.use_gpu else 0,

@@ -323,15 +323,26 @@ def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path
     assert f"{n_lost} missing, {twice} surplus" in report.describe()
 
 
-def test_a_big_manifest_runs_as_several_executions(catalogue, tmp_path, ray_local, monkeypatch):
+@pytest.mark.parametrize(
+    "layout",
+    [{}, {"cpus_per_actor": 0.75}],
+    ids=["steady-pool", "two-actors-leaving-no-whole-cpu"],
+)
+def test_a_big_manifest_runs_as_several_executions(
+    catalogue, tmp_path, ray_local, monkeypatch, layout
+):
     """Past ``rows_per_execution`` pending rows, the run is cut into Ray Data executions of
     whole reconciliation buckets (the driver's memory stays that of one execution), and
-    still lands every row exactly once, bad rows included."""
+    still lands every row exactly once, bad rows included. Each execution cuts its rows
+    into decode blocks at 1 CPU beside the model pool: with the default layout the pool
+    stays whole and leaves it that CPU; with actors reserving too much for that (flagged
+    by ``may_stall``) the pool shrinks when idle and the run still ends."""
     import raytag.tagging
 
     monkeypatch.setattr(raytag.tagging, "_ROWS_PER_BUCKET", 4)  # 6 buckets for 21 rows
     output = str(tmp_path / "tags")
-    options = replace(OPTIONS, rows_per_execution=6)
+    options = replace(OPTIONS, rows_per_execution=6, **layout)
+    assert options.resolved({"CPU": 2.0}).may_stall(2.0) == bool(layout)
     summary = tag_catalogue(catalogue.manifest, catalogue.model, output, options)
     _, errors = assert_exactly_once(catalogue, output)
     codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
