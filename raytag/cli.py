@@ -387,7 +387,7 @@ def _join_ray(address: str | None) -> None:
     type=float,
     default=None,
     help="CPUs an actor reserves; CPU actors run that many torch threads, at least 1 "
-    "(default: 1 on GPU nodes; on CPU-only clusters 0.75, less below 6 CPUs so that a whole "
+    "(default: 1 on GPU nodes; on CPU-only clusters 0.75, less on 4 CPUs or fewer so that a whole "
     "CPU stays free, 0.375 on 2: one single-threaded replica per core).",
 )
 @click.option(
