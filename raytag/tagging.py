@@ -215,18 +215,13 @@ class TagOptions:
                 "decode_cpus": 1.0,
                 "decode_actors": True,
             }
-        else:
-            actors = self.actors or cpus
-            decode_tasks = self.decode_tasks or max(1, cpus // 4)
-            decode_cpus = 0.25 if self.decode_cpus is None else self.decode_cpus
-            spare = cpus - 1 - decode_tasks * decode_cpus  # one whole CPU for the split
+        else:  # cpus_per_actor follows from the rest, below
             defaults = {
-                "actors": actors,
-                "cpus_per_actor": max(0.25, min(0.75, spare / actors)),
+                "actors": cpus,
                 "patch_batch_size": 8,
-                "decode_cpus": decode_cpus,
+                "decode_cpus": 0.25,
                 "decode_actors": False,
-                "decode_tasks": decode_tasks,
+                "decode_tasks": max(1, cpus // 4),
             }
         defaults["rows_per_execution"] = min(
             _MAX_ROWS_PER_EXECUTION, _ROWS_PER_EXECUTION_PER_CPU * cpus
@@ -235,6 +230,11 @@ class TagOptions:
             k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()
         }
         resolved = replace(self, use_gpu=use_gpu, **chosen)
+        if resolved.cpus_per_actor is None:  # CPU only: one whole CPU left for the split
+            spare = cpus - 1 - resolved.decode_tasks * resolved.decode_cpus
+            resolved = replace(
+                resolved, cpus_per_actor=max(0.25, min(0.75, spare / resolved.actors))
+            )
         if resolved.decode_tasks is None:  # GPUs: every CPU the model actors leave, but one
             spare = cpus - resolved.actors * resolved.cpus_per_actor - 1
             fit = int(spare // resolved.decode_cpus) if resolved.decode_cpus else cpus

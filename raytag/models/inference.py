@@ -27,11 +27,10 @@ class TrackPrediction:
     n_patches: int
 
 
-# glibc's malloc settings for processes that run the model, as GLIBC_TUNABLES: one arena
-# for every thread, no mmap'd blocks, no trimming.
-_MALLOC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
-)
+# glibc's malloc settings for processes that run the model: one arena for every thread,
+# no mmap'd blocks, no trimming. Each as (GLIBC_TUNABLES name, mallopt(3) parameter, value).
+_MALLOC_SETTINGS = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1))
+_MALLOC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _MALLOC_SETTINGS)
 
 
 def model_process_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -53,10 +52,6 @@ def model_process_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]
     return {"GLIBC_TUNABLES": f"{_MALLOC_TUNABLES}:{own}" if own else _MALLOC_TUNABLES}
 
 
-# The same settings through mallopt(3): M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD.
-_MALLOPT_SETTINGS = ((-8, 1), (-4, 0), (-1, 2**31 - 1))
-
-
 def keep_freed_memory() -> bool:
     """:func:`model_process_env`'s malloc settings for a process already running that runs
     the model itself (``raytag evaluate``). Made after start, they hold for its main
@@ -68,7 +63,7 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except AttributeError:
         return False
-    return all(mallopt(option, value) == 1 for option, value in _MALLOPT_SETTINGS)
+    return all(mallopt(option, value) == 1 for _, option, value in _MALLOC_SETTINGS)
 
 
 def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False):
