@@ -16,7 +16,7 @@ a SoundFont it never heard?
    the object store, start-up, epochs, checkpoints) counts against the budget. Early stopping
    may end the run sooner.
 3. Evaluates the best checkpoint (lowest validation loss, in-distribution) on the held-out
-   catalogue and on the training catalogue's own test split: whole tracks, every 3 s patch,
+   catalogue and on the training catalogue's own test split: whole tracks, every patch,
    macro and per-tag ROC-AUC / PR-AUC (``raytag.evaluate.evaluate_model``).
 4. Writes ``bench/results/learning.json`` and ``docs/learning.md``. The hand-written
    commentary between the COMMENTARY markers of an existing ``docs/learning.md`` is kept.
@@ -89,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--patches-per-track", type=int, default=1)
+    train.add_argument(
+        "--patch-seconds",
+        type=float,
+        default=3.0,
+        help="length of training crops, validation patches and the patches tracks are "
+        "scored by (TrainConfig.patch_seconds; stored with the model)",
+    )
     train.add_argument("--val-patches-per-track", type=int, default=3)
     train.add_argument(
         "--early-stopping-patience",
@@ -519,7 +526,8 @@ CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
   parameters, {report.get("trained_parameters", report["model_parameters"]):,} of them trained.
   Adam, learning rate {cfg["train_config"]["learning_rate"]}, batch \
 {cfg["train_config"]["batch_size"]},
-  {cfg["train_config"]["patches_per_track"]} random 3 s patch per training track per epoch,
+  {cfg["train_config"]["patches_per_track"]} random \
+{cfg["train_config"].get("patch_seconds", 3.0):g} s patch per training track per epoch,
   {cfg["train_config"]["val_patches_per_track"]} fixed validation patches per track,
   BCE-with-logits. Learning rate x{cfg["train_config"]["lr_decay_factor"]} after \
 {cfg["train_config"]["lr_patience"]} epochs
@@ -533,7 +541,8 @@ CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
 {tr["epoch_s_median"]} s;
   the run ended by {tr["ended_by"]}.
 - Evaluated checkpoint: the lowest validation loss (training catalogue's valid split); the
-  held-out catalogue played no part in any choice. Tracks are scored whole (every 3 s patch,
+  held-out catalogue played no part in any choice. Tracks are scored whole (every \
+{cfg["train_config"].get("patch_seconds", 3.0):g} s patch,
   mean sigmoid), ROC-AUC and PR-AUC per tag, macro = unweighted mean over tags.
 - Machine: {report["machine"]["cpu_count"]} CPU cores ({report["machine"]["cpu_model"]}), no GPU,
   shared with other engineers' jobs: load average during training mean \
@@ -654,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_decay_factor=args.lr_decay_factor,
         lr_patience=args.lr_patience,
         patches_per_track=args.patches_per_track,
+        patch_seconds=args.patch_seconds,
         val_patches_per_track=args.val_patches_per_track,
         num_workers=1,
         use_gpu=False,

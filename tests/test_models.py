@@ -181,10 +181,24 @@ def test_semitone_input_refuses_bands_it_cannot_fill() -> None:
         build_model("spectrogram-small", frequency_scale="bark")
 
 
-def test_configs_saved_before_the_frequency_scale_rebuild_the_mel_model() -> None:
+def test_log_gain_decides_where_a_level_change_becomes_an_offset() -> None:
+    """Above the knee of log10(1 + gain * power), 20 dB less level is 2.0 less in every
+    band; below it the feature falls towards 0 and the shape of a sound changes with level."""
+    quiet, quieter = tone(69) / 30, tone(69) / 300  # about -40 and -60 dBFS
+    drops = {}
+    for gain in (10_000.0, 1e6):
+        model = build_model("spectrogram-small-semitone", log_gain=gain).eval()
+        band = 69 - model.config.lowest_note
+        level = model.features(torch.stack([quiet, quieter]))[:, 20:-20, band].mean(dim=1)
+        drops[gain] = float(level[0] - level[1])
+    assert drops[1e6] == pytest.approx(2.0, abs=0.01)
+    assert drops[10_000.0] < 1.8
+
+
+def test_configs_saved_before_the_frequency_scale_and_log_gain_rebuild_the_mel_model() -> None:
     model = build_model("spectrogram-small", n_tags=5).eval()
     saved = model.config_dict()
-    for field in ("frequency_scale", "lowest_note"):
+    for field in ("frequency_scale", "lowest_note", "log_gain"):
         del saved[field]
     rebuilt = model_from_config(saved).eval()
     rebuilt.load_state_dict(model.state_dict())

@@ -41,6 +41,9 @@ class SpectrogramConfig(BackEndConfig):
     hop_length: int = 256
     frequency_scale: str = "mel"
     lowest_note: int = 48  # C3; the semitone scale only
+    # Features are log10(1 + log_gain * band power). The paper's 10,000 suits audio near
+    # full scale; on quieter audio most bins sit in the near-linear part below the knee.
+    log_gain: float = 10_000.0
 
     def __post_init__(self) -> None:
         if self.frequency_scale not in FEATURES:
@@ -98,12 +101,13 @@ class Tagger(EncoderHead):
 
 
 def _log_mel(config: SpectrogramConfig) -> nn.Module:
-    return LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+    c = config
+    return LogMel(c.sample_rate, c.n_fft, c.hop_length, c.n_mels, c.log_gain)
 
 
 def _log_semitone(config: SpectrogramConfig) -> nn.Module:
     c = config
-    return LogSemitone(c.sample_rate, c.n_fft, c.hop_length, c.n_mels, c.lowest_note)
+    return LogSemitone(c.sample_rate, c.n_fft, c.hop_length, c.n_mels, c.lowest_note, c.log_gain)
 
 
 FEATURES = {"mel": _log_mel, "semitone": _log_semitone}
