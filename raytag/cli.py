@@ -67,15 +67,23 @@ def decode_command(
 
 
 @main.command("evaluate")
-@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
-@click.option("--manifest", required=True, help="Parquet manifest (local or s3://).")
+@click.option(
+    "--model", "model_uri", help="Score with this model: models:/NAME@ALIAS, runs:/..., folder."
+)
+@click.option(
+    "--predictions",
+    help="Or take the scores a complete `raytag tag` run wrote to this --output (local or "
+    "s3://): how a test set too big for one process is evaluated.",
+)
+@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
 @click.option("--output", required=True, type=click.Path(), help="Where to write metrics.json.")
 @click.option("--split", default=None, help="Only this split (train, valid, test).")
 @click.option("--plots", "plots_dir", type=click.Path(), default=None, help="Write PNGs here.")
 @click.option("--batch-size", default=64, show_default=True, help="Patches per forward pass.")
 @click.option("--device", default="cpu", show_default=True)
 def evaluate_command(
-    model_uri: str,
+    model_uri: str | None,
+    predictions: str | None,
     manifest: str,
     output: str,
     split: str | None,
@@ -83,16 +91,23 @@ def evaluate_command(
     batch_size: int,
     device: str,
 ) -> None:
-    """Score whole tracks of a labelled manifest; write per-tag and macro ROC-AUC / PR-AUC."""
-    from raytag.evaluate import evaluate_model, write_metrics
+    """Per-tag and macro ROC-AUC / PR-AUC of a labelled manifest's tracks, scored here by
+    --model (every patch of each track) or taken from a tagging run's --predictions (the
+    patches its --max-patches chose)."""
+    from raytag.evaluate import evaluate_model, evaluate_predictions, write_metrics
     from raytag.models.inference import keep_freed_memory
     from raytag.registry import load
 
-    keep_freed_memory()  # the forward passes run here, not in Ray's model actors
-    loaded = load(model_uri, device=device)
-    metrics = evaluate_model(
-        loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size
-    )
+    if (model_uri is None) == (predictions is None):
+        raise click.UsageError("give exactly one of --model and --predictions")
+    if predictions is not None:
+        metrics = evaluate_predictions(predictions, manifest, split=split, plots_dir=plots_dir)
+    else:
+        keep_freed_memory()  # the forward passes run here, not in Ray's model actors
+        loaded = load(model_uri, device=device)
+        metrics = evaluate_model(
+            loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size
+        )
     write_metrics(metrics, output)
     summary = {k: metrics[k] for k in ("macro_roc_auc", "macro_pr_auc", "n_tracks")}
     click.echo(json.dumps({**summary, "errors": len(metrics["errors"]), "output": output}))

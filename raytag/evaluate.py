@@ -10,6 +10,8 @@ the reason and left out of the macro mean, never an error, since small test spli
 Tracks are scored as tagging would serve them, but over the whole track: every patch of
 every track (``max_patches=None``), sigmoid outputs averaged per track. A track that does
 not decode is listed under ``errors`` with its code and left out of the metrics.
+:func:`evaluate_predictions` computes the same metrics from the scores a ``raytag tag`` run
+wrote instead, so a test set of any size is scored on the cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -33,8 +37,17 @@ from sklearn.metrics import (
 from raytag.audio import AudioError, decode_patches
 from raytag.checkpoint import LoadedModel
 from raytag.config import AudioConfig
+from raytag.manifest import TRACK_ID, URI
 from raytag.models.inference import predict_patches
 from raytag.storage import arrow_filesystem
+from raytag.tagging import (
+    ERROR_COLUMNS,
+    ERRORS,
+    PREDICTIONS,
+    output_files,
+    read_run,
+    read_vocabulary,
+)
 
 PLOT_FILES = ("per_tag_roc_auc.png", "per_tag_pr_auc.png", "roc_curves.png", "pr_curves.png")
 
@@ -71,8 +84,7 @@ def score_tracks(
 ) -> TrackScores:
     """Decode and score every track of the manifest (or split), one after another."""
     audio = audio or replace(loaded.audio, max_patches=None)
-    index = {tag: i for i, tag in enumerate(loaded.vocabulary)}
-    ids, truth, scores, errors, unknown = [], [], [], [], set()
+    ids, tags, scores, errors = [], [], [], []
     for row in read_labelled_tracks(manifest_uri, split):
         try:
             patches = decode_patches(row["uri"], audio).patches
@@ -86,23 +98,33 @@ def score_tracks(
                 }
             )
             continue
-        labels = np.zeros(len(index), dtype=np.int8)
-        for tag in row["tags"] or []:
-            if tag in index:
-                labels[index[tag]] = 1
-            else:
-                unknown.add(tag)
         ids.append(row["track_id"])
-        truth.append(labels)
+        tags.append(row["tags"])
         scores.append(predict_patches(loaded.model, patches, batch_size)[0].mean(axis=0))
-    n_tags = len(index)
+    y_true, unknown = label_matrix(tags, loaded.vocabulary)
     return TrackScores(
         track_ids=ids,
-        y_true=np.array(truth, dtype=np.int8).reshape(-1, n_tags),
-        y_score=np.array(scores, dtype=np.float32).reshape(-1, n_tags),
+        y_true=y_true,
+        y_score=np.array(scores, dtype=np.float32).reshape(-1, len(loaded.vocabulary)),
         errors=errors,
-        unknown_tags=sorted(unknown),
+        unknown_tags=unknown,
     )
+
+
+def label_matrix(
+    tags: list[list[str] | None], vocabulary: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """(tracks, tags) 0/1 ground truth in vocabulary order, and the tags it does not know."""
+    index = {tag: i for i, tag in enumerate(vocabulary)}
+    y_true = np.zeros((len(tags), len(index)), dtype=np.int8)
+    unknown = set()
+    for row, track_tags in enumerate(tags):
+        for tag in track_tags or []:
+            if tag in index:
+                y_true[row, index[tag]] = 1
+            else:
+                unknown.add(tag)
+    return y_true, sorted(unknown)
 
 
 def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[str]) -> dict:
@@ -158,9 +180,110 @@ def evaluate_model(
     """Score the manifest's tracks and compute the metrics; with ``plots_dir``, also write
     the plots there and list their paths under ``"plots"``."""
     tracks = score_tracks(loaded, manifest_uri, split, audio, batch_size)
-    metrics = compute_metrics(tracks.y_true, tracks.y_score, loaded.vocabulary)
+    model = {"name": loaded.name, "version": loaded.version}
+    return _report(tracks, loaded.vocabulary, model, manifest_uri, split, plots_dir)
+
+
+def score_predictions(
+    output: str, manifest_uri: str, split: str | None = None
+) -> tuple[TrackScores, list[str], dict[str, Any]]:
+    """The scores a finished ``raytag tag`` run wrote to ``output`` for the manifest's (or
+    split's) tracks, with their labels; also the run's vocabulary and model.
+
+    Tagging did the work on the cluster, so this only joins two tables by ``track_id``:
+    it is how a test set of millions of tracks gets evaluated. Tracks the run wrote as
+    error rows become errors here; a labelled track the run has no row for is an error
+    of the call (the run tagged another manifest), as is a run that did not complete.
+    """
+    run = read_run(output)
+    if run is None or run.get("status") != "complete":
+        status = "no run" if run is None else f"a run whose status is {run.get('status')!r}"
+        raise ValueError(f"{output} holds {status}: evaluate the output of a complete run")
+    vocabulary = read_vocabulary(output)
+    fs, path = arrow_filesystem(manifest_uri)
+    labels = pq.read_table(
+        path,
+        filesystem=fs,
+        columns=[TRACK_ID, URI, "tags"],
+        filters=[("split", "==", split)] if split else None,
+    )
+    if pc.count_distinct(labels[TRACK_ID]).as_py() != labels.num_rows:
+        raise ValueError(f"{manifest_uri} repeats a track_id; label each track once")
+    predicted = _read_output(output, PREDICTIONS, _SCORED)
+    failed = _read_output(output, ERRORS, _FAILED)
+    scored_rows, predicted_rows = _rows_sharing_track_id(labels, predicted)
+    failed_rows = _rows_sharing_track_id(labels, failed)[1]
+    missing = labels.num_rows - len(scored_rows) - len(failed_rows)
+    if missing:
+        raise ValueError(
+            f"{missing} of the {labels.num_rows} labelled tracks have no row in {output}: "
+            "tag the manifest you evaluate"
+        )
+    scores = predicted["scores"].take(predicted_rows).combine_chunks()
+    if pc.any(pc.not_equal(pc.list_value_length(scores), len(vocabulary))).as_py():
+        raise ValueError(f"{output} holds scores of another length than its vocabulary")
+    scored = labels.take(scored_rows)
+    y_true, unknown = label_matrix(scored["tags"].to_pylist(), vocabulary)
+    tracks = TrackScores(
+        track_ids=scored[TRACK_ID].to_pylist(),
+        y_true=y_true,
+        y_score=scores.flatten().to_numpy().reshape(-1, len(vocabulary)),
+        errors=failed.take(failed_rows).to_pylist(),
+        unknown_tags=unknown,
+    )
+    return tracks, vocabulary, run["model"]
+
+
+def evaluate_predictions(
+    output: str,
+    manifest_uri: str,
+    split: str | None = None,
+    *,
+    plots_dir: str | Path | None = None,
+) -> dict:
+    """The metrics of :func:`evaluate_model`, from the scores a ``raytag tag`` run wrote."""
+    tracks, vocabulary, model = score_predictions(output, manifest_uri, split)
+    model = {"name": model["name"], "version": model["version"]}
+    return _report(tracks, vocabulary, model, manifest_uri, split, plots_dir) | {
+        "predictions": output
+    }
+
+
+_SCORED = pa.schema([(TRACK_ID, pa.string()), ("scores", pa.list_(pa.float32()))])
+_FAILED = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
+
+
+def _rows_sharing_track_id(left: pa.Table, right: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of ``left`` and of ``right`` paired by ``track_id`` (Arrow's hash join
+    carries no list columns, so it joins the keys and their row numbers only)."""
+
+    def numbered(table: pa.Table, name: str) -> pa.Table:
+        return pa.table({TRACK_ID: table[TRACK_ID], name: np.arange(table.num_rows)})
+
+    pairs = numbered(left, "left").join(numbered(right, "right"), TRACK_ID, join_type="inner")
+    return pairs["left"].to_numpy(), pairs["right"].to_numpy()
+
+
+def _read_output(output: str, folder: str, schema: pa.Schema) -> pa.Table:
+    """``schema``'s columns of the finished files of ``output/folder``, read here (no Ray)."""
+    files = output_files(output, folder)
+    if not files:
+        return schema.empty_table()
+    fs, _ = arrow_filesystem(output)
+    return pq.ParquetDataset(files, filesystem=fs).read(columns=schema.names)
+
+
+def _report(
+    tracks: TrackScores,
+    vocabulary: list[str],
+    model: dict[str, str],
+    manifest_uri: str,
+    split: str | None,
+    plots_dir: str | Path | None,
+) -> dict:
+    metrics = compute_metrics(tracks.y_true, tracks.y_score, vocabulary)
     metrics.update(
-        model={"name": loaded.name, "version": loaded.version},
+        model=model,
         manifest=manifest_uri,
         split=split,
         errors=tracks.errors,

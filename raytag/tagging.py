@@ -839,6 +839,16 @@ def _write_parquet(uri: str, table: pa.Table) -> None:
         pq.write_table(table, path, filesystem=fs)
 
 
+def read_run(output: str) -> dict[str, Any] | None:
+    """``_run.json`` of ``output`` (status, model, counts, attempts); None before any run."""
+    return _read_json(join(output, RUN_FILE))
+
+
+def read_vocabulary(output: str) -> list[str] | None:
+    """The tag order of the ``scores`` in ``output``; None before any run."""
+    return _read_json(join(output, VOCABULARY_FILE))
+
+
 def _read_json(uri: str) -> Any:
     fs, path = filesystem(uri)
     fs.invalidate_cache()
@@ -863,8 +873,8 @@ def _start_run(
 
     Returns the attempts recorded so far; one without ``finished_at`` was interrupted.
     """
-    previous = _read_json(join(output, RUN_FILE))
-    vocabulary = _read_json(join(output, VOCABULARY_FILE))
+    previous = read_run(output)
+    vocabulary = read_vocabulary(output)
     if vocabulary is not None and vocabulary != model.vocabulary:
         raise TagError(f"{output} was tagged with another vocabulary; tag into a new --output")
     if previous is not None:

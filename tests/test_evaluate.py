@@ -13,17 +13,22 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
-from raytag.checkpoint import LoadedModel, save_model
+from raytag.checkpoint import LoadedModel, load_model, save_model
 from raytag.cli import main
 from raytag.config import AudioConfig
 from raytag.evaluate import (
     PLOT_FILES,
+    TrackScores,
     compute_metrics,
     evaluate_model,
+    evaluate_predictions,
     read_labelled_tracks,
+    score_predictions,
+    score_tracks,
     write_plots,
 )
 from raytag.models import build_model
+from raytag.tagging import tag_catalogue
 
 VOCABULARY = ["tone", "noise", "never"]
 
@@ -210,3 +215,86 @@ def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> 
     loaded = LoadedModel(model, VOCABULARY, AudioConfig(), "untrained", "0")
     metrics = evaluate_model(loaded, f"{s3_bucket}/manifest.parquet", split="test")
     assert metrics["n_tracks"] == 3 and metrics["errors"] == []
+
+
+# -- metrics from a tagging run's predictions --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tagged(catalogue: dict[str, str], tmp_path_factory: pytest.TempPathFactory, ray_local) -> str:
+    """The whole catalogue (both splits) tagged by raytag's pipeline on a local Ray."""
+    output = str(tmp_path_factory.mktemp("tagged") / "tags")
+    assert tag_catalogue(catalogue["manifest"], catalogue["model"], output).record["status"] == (
+        "complete"
+    )
+    return output
+
+
+def _by_track(tracks: TrackScores) -> tuple[list[str], np.ndarray, np.ndarray]:
+    order = np.argsort(tracks.track_ids)
+    return sorted(tracks.track_ids), tracks.y_true[order], tracks.y_score[order]
+
+
+def test_a_tagging_runs_scores_give_the_metrics_of_scoring_here(
+    catalogue: dict[str, str], tagged: str, tmp_path: Path
+) -> None:
+    loaded = load_model(catalogue["model"])
+    here = score_tracks(loaded, catalogue["manifest"], split="test")
+    from_run, vocabulary, model = score_predictions(tagged, catalogue["manifest"], split="test")
+    ids, y_true, y_score = _by_track(from_run)
+    assert ids == _by_track(here)[0] == ["both-c", "noise-b", "sine-a"]
+    np.testing.assert_array_equal(y_true, _by_track(here)[1])
+    np.testing.assert_allclose(y_score, _by_track(here)[2], atol=1e-5)
+    failed = [(e["track_id"], e["uri"], e["error_code"]) for e in from_run.errors]
+    assert failed == [(e["track_id"], e["uri"], e["error_code"]) for e in here.errors]
+    assert failed[0][::2] == ("empty-d", "empty")
+    assert from_run.unknown_tags == here.unknown_tags == ["not-in-vocabulary"]
+    assert vocabulary == VOCABULARY and (model["name"], model["version"]) == (
+        loaded.name,
+        loaded.version,
+    )
+
+    metrics = evaluate_predictions(tagged, catalogue["manifest"], split="test", plots_dir=tmp_path)
+    expected = evaluate_model(loaded, catalogue["manifest"], split="test")
+    for got, want in zip(metrics["per_tag"], expected["per_tag"], strict=True):
+        assert got["tag"] == want["tag"] and got["reason"] == want["reason"]
+        assert got["roc_auc"] == pytest.approx(want["roc_auc"])
+        assert got["pr_auc"] == pytest.approx(want["pr_auc"])
+    assert metrics["n_tracks"] == 3 and metrics["model"] == expected["model"]
+    assert metrics["predictions"] == tagged
+    assert sorted(Path(p).name for p in metrics["plots"]) == sorted(PLOT_FILES)
+
+
+def test_cli_evaluates_predictions_and_wants_one_source(
+    catalogue: dict[str, str], tagged: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "metrics.json"
+    args = ["evaluate", "--manifest", catalogue["manifest"], "--output", str(output)]
+    result = CliRunner().invoke(main, [*args, "--predictions", tagged])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(output.read_text())
+    assert metrics["n_tracks"] == 4  # no split: the train row too; the empty file is an error
+    assert [e["track_id"] for e in metrics["errors"]] == ["empty-d"]
+
+    for sources in ([], ["--model", catalogue["model"], "--predictions", tagged]):
+        result = CliRunner().invoke(main, [*args, *sources])
+        assert result.exit_code == 2 and "exactly one of --model and --predictions" in result.output
+
+
+def test_predictions_must_come_from_a_complete_run_of_every_labelled_track(
+    catalogue: dict[str, str], tagged: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="holds no run"):
+        evaluate_predictions(str(tmp_path / "never-tagged"), catalogue["manifest"])
+
+    rows = pq.read_table(catalogue["manifest"]).to_pylist()
+    rows.append({**rows[0], "track_id": "added-later"})
+    grown = tmp_path / "grown.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), grown)
+    with pytest.raises(ValueError, match="1 of the 6 labelled tracks have no row"):
+        evaluate_predictions(tagged, str(grown))
+
+    rows.append({**rows[0]})
+    pq.write_table(pa.Table.from_pylist(rows), grown)
+    with pytest.raises(ValueError, match="repeats a track_id"):
+        evaluate_predictions(tagged, str(grown))
