@@ -32,6 +32,7 @@ from raytag.catalogue import VOCABULARY
 from raytag.checkpoint import load_model, save_model
 from raytag.cli import main
 from raytag.config import AudioConfig
+from raytag.evaluate import evaluate_predictions
 from raytag.manifest import ManifestError, open_manifest
 from raytag.models import build_model
 from raytag.models.inference import predict_patches
@@ -591,6 +592,17 @@ def test_s3_in_and_out_with_credentials_from_the_environment(
     )
     assert tag.returncode == 0, tag.stderr[-3000:]
     assert_s3_run(rows, output, tag.stdout + tag.stderr, s3_env.secret_key)
+
+    # The run's scores evaluated against labels, both in S3 (labels made up: a tag each).
+    labels = [{"track_id": r["track_id"], "tags": [VOCABULARY[i % 2]]} for i, r in enumerate(rows)]
+    fs, _ = filesystem(s3_bucket)
+    with fs.open(f"{s3_bucket}/labels.parquet", "wb") as f:
+        pq.write_table(pa.Table.from_pylist([{**r, "uri": ""} for r in labels]), f)
+    metrics = evaluate_predictions(output, f"{s3_bucket}/labels.parquet")
+    assert metrics["n_tracks"] == len(rows) - 3 and len(metrics["per_tag"]) == len(VOCABULARY)
+    errors = {e["track_id"]: e["error_code"] for e in metrics["errors"]}
+    assert errors == {"missing": "not_found", "null-uri": "null_uri", "corrupt": "undecodable"}
+    assert metrics["per_tag"][0]["roc_auc"] is not None
 
 
 @pytest.mark.slow
