@@ -65,14 +65,17 @@ class TrackScores:
 
 def read_labelled_tracks(manifest_uri: str, split: str | None = None) -> list[dict[str, Any]]:
     """Rows ``{track_id, uri, tags}`` of a Parquet manifest (local or s3), of one split if given."""
+    return _labelled_table(manifest_uri, split).to_pylist()
+
+
+def _labelled_table(manifest_uri: str, split: str | None) -> pa.Table:
     fs, path = arrow_filesystem(manifest_uri)
-    table = pq.read_table(
+    return pq.read_table(
         path,
         filesystem=fs,
-        columns=["track_id", "uri", "tags"],
+        columns=[TRACK_ID, URI, "tags"],
         filters=[("split", "==", split)] if split else None,
     )
-    return table.to_pylist()
 
 
 def score_tracks(
@@ -200,13 +203,7 @@ def score_predictions(
         status = "no run" if run is None else f"a run whose status is {run.get('status')!r}"
         raise ValueError(f"{output} holds {status}: evaluate the output of a complete run")
     vocabulary = read_vocabulary(output)
-    fs, path = arrow_filesystem(manifest_uri)
-    labels = pq.read_table(
-        path,
-        filesystem=fs,
-        columns=[TRACK_ID, URI, "tags"],
-        filters=[("split", "==", split)] if split else None,
-    )
+    labels = _labelled_table(manifest_uri, split)
     if pc.count_distinct(labels[TRACK_ID]).as_py() != labels.num_rows:
         raise ValueError(f"{manifest_uri} repeats a track_id; label each track once")
     predicted = _read_output(output, PREDICTIONS, _SCORED)
