@@ -195,10 +195,20 @@ def test_log_gain_decides_where_a_level_change_becomes_an_offset() -> None:
     assert drops[10_000.0] < 1.8
 
 
+def test_timbral_heights_set_the_filters_span_and_survive_a_json_round_trip() -> None:
+    model = build_model("spectrogram-small-semitone", timbral_heights=(0.4, 0.2))
+    spans = [block.conv.kernel_size for block in model.frontend.timbral]
+    assert spans == [(7, 28), (3, 28), (1, 28), (7, 14), (3, 14), (1, 14)]
+    rebuilt = model_from_config(json.loads(json.dumps(model.config_dict())))
+    assert rebuilt.config == model.config
+    with pytest.raises(ValueError, match="fractions of the bands"):
+        build_model("spectrogram-small", timbral_heights=(0.9, 1.5))
+
+
 def test_configs_saved_before_the_frequency_scale_and_log_gain_rebuild_the_mel_model() -> None:
     model = build_model("spectrogram-small", n_tags=5).eval()
     saved = model.config_dict()
-    for field in ("frequency_scale", "lowest_note", "log_gain"):
+    for field in ("frequency_scale", "lowest_note", "log_gain", "timbral_heights"):
         del saved[field]
     rebuilt = model_from_config(saved).eval()
     rebuilt.load_state_dict(model.state_dict())

@@ -55,13 +55,17 @@ class SpectrogramFrontEnd(nn.Module):
     """Timbral (vertical filters) and temporal (long 1-D filters on the energy envelope)
     branches on a (batch, frames, n_mels) log-mel, concatenated per frame.
 
-    With ``num_filt`` = 16 and 96 mel bands this yields 464 channels per frame.
+    With ``num_filt`` = 16 and 96 mel bands this yields 464 channels per frame. Timbral
+    filters span ``heights`` of the bands (the paper's 0.9 and 0.4), each height with
+    kernels of 7, 3 and 1 frames.
     """
 
-    def __init__(self, num_filt: int = 16, n_mels: int = 96) -> None:
+    def __init__(
+        self, num_filt: int = 16, n_mels: int = 96, heights: tuple[float, ...] = (0.9, 0.4)
+    ) -> None:
         super().__init__()
         timbral = []
-        for freq_fraction in (0.9, 0.4):
+        for freq_fraction in heights:
             freq_kernel = int(freq_fraction * n_mels)
             for time_kernel, mult in ((7, 1), (3, 2), (1, 4)):
                 timbral.append(TimbralBlock(mult * num_filt, time_kernel, freq_kernel))

@@ -44,8 +44,17 @@ class SpectrogramConfig(BackEndConfig):
     # Features are log10(1 + log_gain * band power). The paper's 10,000 suits audio near
     # full scale; on quieter audio most bins sit in the near-linear part below the knee.
     log_gain: float = 10_000.0
+    # Heights of the timbral filters, as fractions of the input bands. The paper's tall
+    # filters see most of the spectrum at once; on semitones 0.9 spans 63 of 71 bands.
+    timbral_heights: tuple[float, ...] = (0.9, 0.4)
 
     def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; keep the config hashable and exact.
+        object.__setattr__(self, "timbral_heights", tuple(self.timbral_heights))
+        if not self.timbral_heights or not all(0 < h <= 1 for h in self.timbral_heights):
+            raise ValueError(
+                f"timbral_heights {self.timbral_heights} must be fractions of the bands in (0, 1]"
+            )
         if self.frequency_scale not in FEATURES:
             known = ", ".join(sorted(FEATURES))
             raise ValueError(f"unknown frequency_scale {self.frequency_scale!r}; known: {known}")
@@ -115,7 +124,8 @@ FEATURES = {"mel": _log_mel, "semitone": _log_semitone}
 
 def spectrogram_tagger(config: SpectrogramConfig) -> Tagger:
     features = FEATURES[config.frequency_scale](config)
-    return Tagger(config, features, SpectrogramFrontEnd(config.num_filt, config.n_mels))
+    frontend = SpectrogramFrontEnd(config.num_filt, config.n_mels, config.timbral_heights)
+    return Tagger(config, features, frontend)
 
 
 def waveform_tagger(config: WaveformConfig) -> Tagger:
