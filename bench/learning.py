@@ -116,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "measured slower)",
     )
     train.add_argument(
+        "--num-cpus", type=int, default=2, help="CPUs of the local Ray (the issue's budget: 2)"
+    )
+    train.add_argument(
+        "--use-gpu", action="store_true", help="train on a GPU (TrainConfig.use_gpu)"
+    )
+    train.add_argument(
         "--cpu-bf16", action="store_true", help="bf16 autocast on the CPU worker (TrainConfig)"
     )
     train.add_argument(
@@ -689,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         vocabulary += programs
         log(f"training on {len(vocabulary)} tags: the spec's 21 and {len(programs)} programs")
     torch.set_num_threads(args.threads)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     run_name = args.run_name or "learning-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     runs_dir = Path(args.runs_dir or Path(args.data_dir) / "runs").resolve()
     config = TrainConfig(
@@ -709,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_seconds=args.patch_seconds,
         val_patches_per_track=args.val_patches_per_track,
         num_workers=1,
-        use_gpu=False,
+        use_gpu=args.use_gpu,
         cpu_bf16=args.cpu_bf16,
         storage_path=str(runs_dir),
         run_name=run_name,
