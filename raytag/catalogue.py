@@ -240,7 +240,7 @@ def coverage(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _family(program: int) -> str | None:
+def family_of(program: int) -> str | None:
     """The spec's instrument family of a GM program (None for the unused 52-55 and 96-127)."""
     return next((name for name, programs in FAMILIES.items() if program in programs), None)
 
@@ -416,7 +416,7 @@ def compose(seed: int, index: int, duration_s: float) -> tuple[Song, list[Part],
         if swing:
             _swing(parts[-1], ticks)
     on = {tempo, song.mode, song.loudness, register}
-    on |= {_family(p.program) if p.channel != DRUM_CHANNEL else "drums" for p in parts}
+    on |= {family_of(p.program) if p.channel != DRUM_CHANNEL else "drums" for p in parts}
     return song, parts, [tag for tag in VOCABULARY if tag in on]
 
 
@@ -628,7 +628,7 @@ def derive_tags(mid: mido.MidiFile) -> tuple[list[str], list[str]]:
     for ch in channels:
         drum = ch == DRUM_CHANNEL  # a drum hit counts as sounding for one beat
         spans = [(n[4], n[4] + beat if drum else n[5]) for n in notes if n[1] == ch]
-        family = "drums" if drum else _family(min(programs[ch], default=-1))
+        family = "drums" if drum else family_of(min(programs[ch], default=-1))
         if not drum and (len(programs[ch]) != 1 or family is None):
             issues.append(f"channel {ch} plays programs {sorted(programs[ch])}")
         if coverage(spans) < 0.5 * length:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 
-from raytag.catalogue import DRUM_CHANNEL, FAMILIES
+from raytag.catalogue import DRUM_CHANNEL, FAMILIES, family_of
 from raytag.checkpoint import load_model
 from raytag.evaluate import score_tracks
 
@@ -36,8 +36,7 @@ def pitched_parts(midi_uri: str) -> list[tuple[str, str]]:
             None,
         )
         if program is not None:
-            family = next(f for f, programs in FAMILIES.items() if program in programs)
-            parts.append((name, family))
+            parts.append((name, family_of(program)))
     return parts
 
 
@@ -90,7 +89,9 @@ def main() -> None:
             )
         )
     means = {
-        n: statistics.mean(r[n]["roc_auc"] for r in table.values() if r.get(n) and r[n]["roc_auc"])
+        n: statistics.mean(
+            r[n]["roc_auc"] for r in table.values() if r.get(n) and r[n]["roc_auc"] is not None
+        )
         for n in names
     }
     print(f"{'mean':22s}" + "".join(f"{means[n]:>22.3f}" for n in names))
