@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raytag.config import AudioConfig
-from raytag.models import Tagger, model_from_config
+from raytag.models import TaggingModel, model_from_config
 
 FORMAT = "raytag-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -29,7 +29,7 @@ META_FILE = "raytag.json"
 class LoadedModel:
     """A ready model with what is needed to serve it."""
 
-    model: Tagger
+    model: TaggingModel
     vocabulary: list[str]
     audio: AudioConfig
     name: str
@@ -42,7 +42,7 @@ class LoadedModel:
 
 def save_model(
     folder: str | Path,
-    model: Tagger,
+    model: TaggingModel,
     vocabulary: list[str],
     audio: AudioConfig,
     *,

@@ -1,5 +1,5 @@
-"""Models: exact parameter counts, the shapes of models.md, features against librosa,
-any-length inputs, the registry and track-level prediction."""
+"""Models: the interface every model declares, exact parameter counts, the paper's shapes,
+features against librosa, any-length inputs, the registry and track-level prediction."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ import ray
 import torch
 
 from raytag.config import AudioConfig
-from raytag.models import PRESETS, build_model, list_models, model_from_config
+from raytag.models import (
+    PRESETS,
+    ModelConfig,
+    TaggingModel,
+    build_model,
+    list_models,
+    model_from_config,
+)
 from raytag.models.inference import (
     average_by_track,
     model_process_env,
@@ -29,6 +36,39 @@ from raytag.patching import split_patches
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("spectrogram-small", {}), ("waveform-small", {}), ("musicnn", {"context_samples": 256})],
+)
+def test_every_model_family_is_a_tagging_model(name: str, overrides: dict) -> None:
+    """Whatever the architecture, callers get the declared interface: encode -> head is
+    embed, forward is its logits, and the config says the audio the model must be fed."""
+    model = build_model(name, n_tags=5, **overrides).eval()
+    assert isinstance(model, TaggingModel) and isinstance(model.config, ModelConfig)
+    assert model.arch == type(model.config).arch == model.config_dict()["arch"]
+    assert model.config.context_samples == overrides.get("context_samples", 0)
+    samples = 3 * model.config.sample_rate + 2 * model.config.context_samples
+    patches = torch.randn(2, samples)
+    with torch.inference_mode():
+        pooled = model.encode(patches)
+        logits, embedding = model.head(pooled)
+        assert pooled.ndim == 2 and pooled.shape[0] == 2
+        assert logits.shape == (2, 5) and embedding.shape == (2, model.config.dense_units)
+        embedded_logits, embedded = model.embed(patches)
+        torch.testing.assert_close(embedded_logits, logits, rtol=0, atol=0)
+        torch.testing.assert_close(embedded, embedding, rtol=0, atol=0)
+        torch.testing.assert_close(model(patches), logits, rtol=0, atol=0)
+
+
+def test_a_model_must_define_both_stages() -> None:
+    class EncoderOnly(TaggingModel):
+        def encode(self, waveform: torch.Tensor) -> torch.Tensor:
+            return waveform
+
+    with pytest.raises(TypeError, match="abstract"):
+        EncoderOnly()
 
 
 @pytest.mark.parametrize(

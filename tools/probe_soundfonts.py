@@ -1,4 +1,4 @@
-"""Which keys each GM program sounds in a SoundFont: how catalogue.py's key table grows.
+"""Which keys each GM program sounds in a SoundFont: how the catalogue's key table grows.
 
 A part whose notes fall where its instrument is silent would carry a family tag it never plays,
 so the generator folds every part into keys that sound in every SoundFont it supports. This
@@ -6,7 +6,8 @@ renders each program's 88 keys as 1 s notes at velocities 30 and 127 (the quiet 
 extremes; no reverb or chorus, the catalogue's gain) and calls a key sounding when its peak
 is above -60 dBFS and twice the tail of the note before. A program's range is its longest run
 of sounding keys. It prints the catalogue's current table narrowed to what every given
-SoundFont sounds, ready to paste into raytag/catalogue.py before supporting a new SoundFont:
+SoundFont sounds, ready to paste into raytag/catalogue/soundfonts.py before supporting a new
+SoundFont:
 
     .venv/bin/python tools/probe_soundfonts.py /usr/share/sounds/sf2/OPL-3_FM_128M.sf2
 """

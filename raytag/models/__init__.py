@@ -1,10 +1,11 @@
 """Model registry: ``build_model(name, **overrides)`` in the style of timm.
 
-Presets are named variants of the same code. The ``-small`` presets keep every layer
+Every model is a :class:`TaggingModel` (raytag.models.base: what the rest of raytag may rely
+on). Presets are named variants of the same code. The ``-small`` presets keep every layer
 of the paper's models with fewer filters, for CPU demos and tests; ``-semitone`` swaps
 the mel input for raytag's semitone bands (models can then hear major from minor,
-docs/learning.md). ``musicnn`` is the
-architecture of musicnn's pretrained taggers (raytag.importers.musicnn loads them).
+docs/learning.md). ``musicnn`` is the architecture of musicnn's pretrained taggers
+(raytag.importers.musicnn loads them).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from raytag.models.base import ModelConfig, TaggingModel
 from raytag.models.musicnn import Musicnn, MusicnnConfig, musicnn_tagger
 from raytag.models.tagger import (
-    BackEndConfig,
     SpectrogramConfig,
     Tagger,
     WaveformConfig,
@@ -23,15 +24,14 @@ from raytag.models.tagger import (
     waveform_tagger,
 )
 
-# A model is a Tagger or any module with its interface (forward, embed, config, arch,
-# config_dict), such as Musicnn, which has a back-end of its own.
-_BUILDERS: dict[str, tuple[type, Callable[[Any], Tagger | Musicnn]]] = {
+# arch -> (its config class, the function that builds a model from such a config)
+_BUILDERS: dict[str, tuple[type[ModelConfig], Callable[[Any], TaggingModel]]] = {
     "spectrogram": (SpectrogramConfig, spectrogram_tagger),
     "waveform": (WaveformConfig, waveform_tagger),
     "musicnn": (MusicnnConfig, musicnn_tagger),
 }
 
-PRESETS: dict[str, BackEndConfig | MusicnnConfig] = {
+PRESETS: dict[str, ModelConfig] = {
     "spectrogram": SpectrogramConfig(),
     "waveform": WaveformConfig(),
     "spectrogram-small": SpectrogramConfig(num_filt=8, backend_filters=128, dense_units=200),
@@ -54,7 +54,7 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-def build_model(name: str, **overrides: Any) -> Tagger | Musicnn:
+def build_model(name: str, **overrides: Any) -> TaggingModel:
     """A freshly initialised model of preset ``name``; overrides replace config fields."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -63,8 +63,8 @@ def build_model(name: str, **overrides: Any) -> Tagger | Musicnn:
     return builder(replace(base, **overrides))
 
 
-def model_from_config(config: dict[str, Any]) -> Tagger | Musicnn:
-    """Rebuild a model from ``Tagger.config_dict()`` (plain data, e.g. read from JSON)."""
+def model_from_config(config: dict[str, Any]) -> TaggingModel:
+    """Rebuild a model from its ``config_dict()`` (plain data, e.g. read from JSON)."""
     fields = dict(config)
     arch = fields.pop("arch")
     if arch not in _BUILDERS:
@@ -75,10 +75,12 @@ def model_from_config(config: dict[str, Any]) -> Tagger | Musicnn:
 
 __all__ = [
     "PRESETS",
+    "ModelConfig",
     "Musicnn",
     "MusicnnConfig",
     "SpectrogramConfig",
     "Tagger",
+    "TaggingModel",
     "WaveformConfig",
     "build_model",
     "list_models",

@@ -1,10 +1,10 @@
 """Log-compressed filterbank features as modules, so a spectrogram model takes waveforms in.
 
-The paper's input (:class:`LogMel`) follows the reference models
-(../shared/notes/models.md): 16 kHz, 512-point Hann STFT, hop 256, 96 Slaney-scale mel
-bands with Slaney area normalisation (what librosa computes by default), power 2, then
-``log10(1 + 10000 * mel)``. :class:`LogSemitone` is raytag's own alternative input with
-one band per semitone, for tags that hang on intervals (major/minor).
+The paper's input (:class:`LogMel`) follows the reference models: 16 kHz, 512-point
+Hann STFT, hop 256, 96 Slaney-scale mel bands with Slaney area normalisation (what
+librosa computes by default), power 2, then ``log10(1 + 10000 * mel)``.
+:class:`LogSemitone` is raytag's own alternative input with one band per semitone, for
+tags that hang on intervals (major/minor).
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ import numpy as np
 import torch
 
 from raytag.config import AudioConfig
-from raytag.models.tagger import Tagger
+from raytag.models.base import TaggingModel
 from raytag.patching import track_patches
+
+# TaggingModel.embed or a stand-in for it: patches -> (logits, embeddings)
+Embed = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,12 @@ def model_process_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]
     with fresh mmap'd pages and hands them back on free, and a thread other than the main
     one (Ray runs actors' batches and training loops in one) allocates from an arena whose
     heaps go back to the kernel whenever they empty. Either way a forward pass whose
-    activations are tens of MB (the waveform model's first layers: 33 MB at 8 patches)
-    page-faults and zeroes them again on every call: on these 2-core CPUs up to 2.4x
-    slower per patch, differing from process to process (docs/benchmarks.md). glibc reads
-    these settings only when a process starts, so they go to Ray as the actors' and
-    workers' runtime environment. Peak RSS measured no higher. A GLIBC_TUNABLES already in
-    ``environ`` is kept after ours, so an operator's own settings win.
+    activations are tens of MB (the waveform model's first layers) page-faults and zeroes
+    them again on every call, slower per patch by an amount that differs from process to
+    process (measured in docs/benchmarks.md). glibc reads these settings only when a
+    process starts, so they go to Ray as the actors' and workers' runtime environment. A
+    GLIBC_TUNABLES already in ``environ`` is kept after ours, so an operator's own
+    settings win.
     """
     own = environ.get("GLIBC_TUNABLES")
     return {"GLIBC_TUNABLES": f"{_MALLOC_TUNABLES}:{own}" if own else _MALLOC_TUNABLES}
@@ -56,8 +59,8 @@ def keep_freed_memory() -> bool:
     """:func:`model_process_env`'s malloc settings for a process already running that runs
     the model itself (``raytag evaluate``). Made after start, they hold for its main
     thread, where such a command runs its forward passes, but not for arenas other threads
-    already hold. Scoring whole tracks ran 1.3x (spectrogram) and 1.8x (waveform) faster
-    with them (docs/benchmarks.md). False where the C library has no mallopt (not glibc).
+    already hold (what they gain is measured in docs/benchmarks.md). False where the C
+    library has no mallopt (not glibc).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -69,10 +72,9 @@ def keep_freed_memory() -> bool:
 def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False):
     """bf16 autocast on GPU (training and inference alike); on CPU only with ``on_cpu``.
 
-    CPUs are opt-in: bf16 moves scores by up to ~0.03 (as on GPU, where it is the
-    default). Forward passes ran ~1.2-1.45x faster per core on a CPU with bf16 dot products
-    (AVX512-BF16), see docs/benchmarks.md; CPUs that must emulate them are likely slower
-    (not measured).
+    CPUs are opt-in: bf16 moves scores (as on GPU, where it is the default), and only CPUs
+    with bf16 dot products (AVX512-BF16, AMX) gain speed; CPUs that must emulate them are
+    likely slower. Measured in docs/benchmarks.md.
     """
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -81,22 +83,22 @@ def bf16_autocast(device: torch.device, bf16: bool = True, on_cpu: bool = False)
     return nullcontext()
 
 
-def compiled_embed(model: Tagger) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def compiled_embed(model: TaggingModel) -> Embed:
     """``model.embed`` through torch.compile (inductor), for any batch size.
 
-    Outputs within 3e-6 of eager; compiling costs 7-70 s once per process. On these 2-core
-    CPUs it sped one thread up by ~35 % but two threads by 3 % at most (docs/benchmarks.md).
+    Opt-in: compiling costs time once per process, and whether it pays back depends on the
+    model and the device (parity with eager and speed measured in docs/benchmarks.md).
     """
     return torch.compile(model.embed, dynamic=True)
 
 
 @torch.inference_mode()
 def predict_patches(
-    model: Tagger,
+    model: TaggingModel,
     patches: np.ndarray | torch.Tensor,
     batch_size: int = 64,
     bf16: bool = True,
-    embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    embed: Embed | None = None,
     cpu_bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, samples) patches -> (sigmoid scores (n, n_tags), embeddings (n, dense_units)).
@@ -126,7 +128,7 @@ def average_by_track(values: np.ndarray, counts: np.ndarray | list[int]) -> np.n
 
 
 def predict_track(
-    model: Tagger, waveform: np.ndarray, audio: AudioConfig, batch_size: int = 64
+    model: TaggingModel, waveform: np.ndarray, audio: AudioConfig, batch_size: int = 64
 ) -> TrackPrediction:
     """Score one decoded track (mono float32 at the model's rate) with the patch policy."""
     patches = track_patches(waveform, audio)

@@ -13,20 +13,22 @@ its checkpoints load unchanged (raytag.importers.musicnn) and tag as the origina
                (753, 2) leaves them (1506) -> BN -> dropout -> dense 200, ReLU -> BN
                (the penultimate "embedding") -> dropout -> dense n_tags (logits)
 
-Batch norms use TF's epsilon 1e-3. Same interface as :class:`~raytag.models.Tagger`.
+Batch norms use TF's epsilon 1e-3. A :class:`~raytag.models.base.TaggingModel` like the
+paper's models.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raytag.models.base import TaggingModel
 from raytag.models.features import Float16LogMel, LogMel
-from raytag.models.layers import BN_EPS, EncoderHead, he_init, same_padding
+from raytag.models.layers import BN_EPS, he_init, same_padding
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,13 @@ class _ConvPool(nn.Module):
         # In eval, ReLU and each channel's BN are monotonic maps (BN decreasing where its
         # scale is negative), so pooling first gives the same values: the max over
         # frequency, or the min where the scale is negative, taken as -max(-x) by
-        # negating those filters. ReLU and BN then run on a tensor 30-96x smaller: the
-        # same numbers (bit for bit when checked) for a fraction of the elementwise work.
+        # negating those filters. ReLU and BN then run on a tensor smaller by the number of
+        # frequency bins the conv leaves: the same numbers for a fraction of the work.
         sign = torch.where(bn.weight >= 0, 1.0, -1.0).to(x.dtype)
         weight, bias = self.conv.weight * sign[:, None, None, None], self.conv.bias * sign
         if _use_onednn(x):
             # Conv and pooling in oneDNN's blocked layout, as TensorFlow runs them: only the
-            # pooled map is converted back, not the conv output (1.7x faster on CPU).
+            # small pooled map is converted back, never the large conv output.
             z = torch.mkldnn_convolution(
                 x.to_mkldnn(), weight.to_mkldnn(), bias, (0, 0), (1, 1), (1, 1), 1
             )
@@ -124,7 +126,7 @@ class _MidEndLayer(nn.Module):
         return self.bn(F.relu(self.conv(x)))
 
 
-class Musicnn(EncoderHead):
+class Musicnn(TaggingModel):
     """Waveform patches in, logits out; ``embed`` adds the 200-d penultimate layer."""
 
     HEAD = ("pool_bn", "dropout", "dense", "dense_bn", "output")
@@ -163,10 +165,6 @@ class Musicnn(EncoderHead):
         self.dropout = nn.Dropout(c.dropout)
         self.apply(he_init)
 
-    @property
-    def arch(self) -> str:
-        return type(self.config).arch
-
     def log_mel(self, waveform: Tensor) -> Tensor:
         """(batch, samples) -> (batch, frames, n_mels): the frames centred in the patch proper.
 
@@ -202,10 +200,6 @@ class Musicnn(EncoderHead):
         hidden = self.dropout(self.pool_bn(pooled))
         penultimate = self.dense_bn(F.relu(self.dense(hidden)))
         return self.output(self.dropout(penultimate)), penultimate
-
-    def config_dict(self) -> dict[str, Any]:
-        """The config as plain data, with the architecture name to rebuild it."""
-        return {"arch": self.arch, **asdict(self.config)}
 
 
 def musicnn_tagger(config: MusicnnConfig) -> Musicnn:

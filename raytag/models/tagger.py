@@ -1,4 +1,4 @@
-"""Whole models: features -> front-end -> back-end, waveform in, logits out.
+"""The paper's models: features -> front-end -> shared back-end, waveform in, logits out.
 
 Each model has a small frozen config dataclass (plain data: it is stored beside the
 weights and rebuilds the model without pickling code).
@@ -6,15 +6,16 @@ weights and rebuilds the model without pickling code).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from raytag.models.backend import BackEnd
+from raytag.models.base import TaggingModel
 from raytag.models.features import LogMel, LogSemitone
 from raytag.models.frontends import SpectrogramFrontEnd, WaveformFrontEnd
-from raytag.models.layers import EncoderHead, he_init
+from raytag.models.layers import he_init
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BackEndConfig:
     dense_units: int = 500
     dropout: float = 0.5
     sample_rate: int = 16_000
+    context_samples: ClassVar[int] = 0  # the paper's models frame each patch on its own
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,9 @@ class WaveformConfig(BackEndConfig):
         object.__setattr__(self, "filters", tuple(self.filters))
 
 
-class Tagger(EncoderHead):
-    """A front-end (with its features) and the shared back-end.
-
-    ``forward`` returns logits, so the same module trains with BCE-with-logits and
-    serves; ``embed`` also returns the penultimate embedding.
-    """
+class Tagger(TaggingModel):
+    """A front-end (with its features) and the shared back-end: the waveform and
+    spectrogram models of the paper."""
 
     HEAD = ("backend.dropout", "backend.dense", "backend.dense_bn", "backend.classifier")
     CLASSIFIER = "backend.classifier"
@@ -94,19 +93,11 @@ class Tagger(EncoderHead):
         )
         self.apply(he_init)
 
-    @property
-    def arch(self) -> str:
-        return type(self.config).arch
-
     def encode(self, waveform: Tensor) -> Tensor:
         return self.backend.pool(self.frontend(self.features(waveform)))
 
     def head(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         return self.backend.head(pooled)
-
-    def config_dict(self) -> dict[str, Any]:
-        """The config as plain data, with the architecture name to rebuild it."""
-        return {"arch": self.arch, **asdict(self.config)}
 
 
 def _log_mel(config: SpectrogramConfig) -> nn.Module:
