@@ -1,7 +1,9 @@
 """Learning benchmark (not a test): does the spectrogram model learn tags that carry over to
 a SoundFont it never heard?
 
-    .venv/bin/python bench/learning.py            # the defaults are the benchmark
+    .venv/bin/python bench/learning.py            # the paper's model on 1,000 tracks
+
+The best run's command, and what else was tried, are in docs/learning.md.
 
 1. Renders (or reuses) a training catalogue of ``--n-tracks`` tracks (splits 80/10/10) with
    the ``--train-soundfont`` SoundFont(s) (one per track, drawn at random) and seed
@@ -10,7 +12,7 @@ a SoundFont it never heard?
    Rendering is timed but is not part of the training budget.
 2. Trains with ``raytag.train.fit`` (Ray Train, local Ray with 2 CPUs) within a wall-clock
    budget of ``--budget-min`` minutes. ``fit`` has no time limit of its own, so it runs with
-   up to ``--max-epochs`` epochs while a watchdog follows the epochs' checkpoints; when the next
+   up to ``--epochs`` epochs while a watchdog follows the epochs' checkpoints; when the next
    epoch would not end within the budget (or at the deadline at the latest) it aborts the run
    the way Ctrl-C does (Ray Train's own graceful abort). Everything ``fit`` does (decoding into
    the object store, start-up, epochs, checkpoints) counts against the budget. Early stopping
@@ -18,8 +20,9 @@ a SoundFont it never heard?
 3. Evaluates the best checkpoint (lowest validation loss, in-distribution) on the held-out
    catalogue and on the training catalogue's own test split: whole tracks, every patch,
    macro and per-tag ROC-AUC / PR-AUC (``raytag.evaluate.evaluate_model``).
-4. Writes ``bench/results/learning.json`` and ``docs/learning.md``. The hand-written
-   commentary between the COMMENTARY markers of an existing ``docs/learning.md`` is kept.
+4. Writes ``--results`` and rewrites the best-result part of ``--doc`` (docs/learning.md)
+   from this run; the hand-written part between its COMMENTARY markers is kept. Pass
+   ``--doc ''`` for a run that does not beat the best one.
 """
 
 from __future__ import annotations
@@ -27,22 +30,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from record import load_average, new_record, now, save
+
+if TYPE_CHECKING:
+    from raytag.evaluate import Evaluation, Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR = 0.90  # the issue's bar: macro ROC-AUC on the held-out-SoundFont catalogue
 SOUNDFONT_DIR = "/usr/share/sounds/sf2"
 DEFAULT_TRAIN_SOUNDFONT = f"{SOUNDFONT_DIR}/FluidR3_GM.sf2"
+# The fields of TrainConfig this script sets itself, and its own defaults for others: the
+# paper's full model; a budget, not early stopping, is meant to end the run (the best
+# checkpoint is kept either way); a GPU only when asked for.
+BENCH_DECIDES = ("manifest", "vocabulary", "storage_path", "run_name")
+BENCH_DEFAULTS = {
+    "model": "spectrogram",
+    "epochs": 200,
+    "batch_size": 16,
+    "early_stopping_patience": 10,
+    "use_gpu": False,
+}
 COMMENTARY_START = "<!-- COMMENTARY: hand-written, kept when the script rewrites this file -->"
 COMMENTARY_END = "<!-- /COMMENTARY -->"
 
@@ -68,45 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--render-only", action="store_true", help="render, then stop")
 
     train = p.add_argument_group("training")
-    train.add_argument("--model", default="spectrogram", help="preset of raytag.models")
-    train.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config override, VALUE as JSON (e.g. num_filt=8); repeatable",
-    )
-    train.add_argument(
-        "--init-from",
-        default=None,
-        help="start from this model (TrainConfig.init_from), e.g. an imported musicnn folder",
-    )
-    train.add_argument(
-        "--freeze-encoder", action="store_true", help="train only the dense head on it"
-    )
     train.add_argument("--budget-min", type=float, default=30.0, help="training wall clock")
-    train.add_argument("--max-epochs", type=int, default=200)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--patches-per-track", type=int, default=1)
-    train.add_argument(
-        "--patch-seconds",
-        type=float,
-        default=3.0,
-        help="length of training crops, validation patches and the patches tracks are "
-        "scored by (TrainConfig.patch_seconds; stored with the model)",
-    )
-    train.add_argument("--val-patches-per-track", type=int, default=3)
-    train.add_argument(
-        "--early-stopping-patience",
-        type=int,
-        default=10,
-        help="epochs without a better validation loss (train.py's default is 5; here the "
-        "budget is meant to end the run, and the best checkpoint is kept either way)",
-    )
-    train.add_argument("--lr-patience", type=int, default=2)
-    train.add_argument("--lr-decay-factor", type=float, default=0.2)
-    train.add_argument("--seed", type=int, default=0, help="TrainConfig.seed (weights)")
     train.add_argument(
         "--threads",
         type=int,
@@ -119,12 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num-cpus", type=int, default=2, help="CPUs of the local Ray (the issue's budget: 2)"
     )
     train.add_argument(
-        "--use-gpu", action="store_true", help="train on a GPU (TrainConfig.use_gpu)"
-    )
-    train.add_argument(
-        "--cpu-bf16", action="store_true", help="bf16 autocast on the CPU worker (TrainConfig)"
-    )
-    train.add_argument(
         "--program-tags",
         action="store_true",
         help="also train on one tag per GM program a track plays (read from its MIDI), as "
@@ -132,15 +105,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     train.add_argument("--run-name", default=None, help="default: learning-<UTC timestamp>")
     train.add_argument("--runs-dir", default=None, help="default: <data-dir>/runs")
+    from raytag.settings import add_arguments
+    from raytag.train import TrainConfig
+
+    add_arguments(
+        p.add_argument_group("training settings: the options of `raytag train`"),
+        TrainConfig,
+        exclude=BENCH_DECIDES,
+        defaults=BENCH_DEFAULTS,
+    )
 
     out = p.add_argument_group("outputs")
     out.add_argument("--results", default=str(ROOT / "bench/results/learning.json"))
-    out.add_argument("--doc", default=str(ROOT / "docs/learning.md"), help="'' to skip")
+    out.add_argument(
+        "--doc",
+        default=str(ROOT / "docs/learning.md"),
+        help="page whose best-result part this run rewrites; '' to leave it as it is",
+    )
     out.add_argument(
         "--doc-only",
         action="store_true",
-        help="rewrite --doc from the run already in --results (its tables and history), "
-        "keeping the commentary; renders and trains nothing",
+        help="rewrite --doc's best-result part from the run already in --results, keeping "
+        "the commentary; renders and trains nothing",
     )
     return p.parse_args(argv)
 
@@ -150,10 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 class LoadSampler:
@@ -197,7 +179,7 @@ def render(name: str, n: int, seed: int, soundfonts: list[str], splits, args) ->
     sidecar = out / "bench_render.json"
     params = {"n_tracks": n, "seed": seed, "duration_s": args.duration, "soundfonts": soundfonts}
     params["splits"] = list(splits)
-    start, load_before = time.time(), loadavg()
+    start, load_before = time.time(), load_average()
     manifest = synthesize(
         str(out), n, seed, duration_s=args.duration, soundfonts=soundfonts, splits=splits
     )
@@ -210,8 +192,8 @@ def render(name: str, n: int, seed: int, soundfonts: list[str], splits, args) ->
             "params": params,
             "render_s": round(seconds, 1),
             "load_before": load_before,
-            "load_after": loadavg(),
-            "rendered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_after": load_average(),
+            "rendered_at": now(),
         }
         sidecar.write_text(json.dumps(info, indent=2) + "\n")
         info = {**info, "reused": False}
@@ -303,7 +285,7 @@ class BudgetWatchdog:
             log(
                 f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss "
                 f"{metrics['val_loss']:.4f}, lr {metrics['learning_rate']:.2g} "
-                f"({time.time() - self.start:.0f} s, load {loadavg()[0]})"
+                f"({time.time() - self.start:.0f} s, load {load_average()[0]})"
             )
 
     def _abort(self, reason: str) -> None:
@@ -358,7 +340,7 @@ def best_from_snapshot(run_dir: Path) -> tuple[str, dict]:
 
 
 def train_within_budget(config, args, run_dir: Path) -> dict:
-    """One ``fit`` with up to ``--max-epochs`` epochs, ended by early stopping or the budget."""
+    """One ``fit`` with up to ``--epochs`` epochs, ended by early stopping or the budget."""
     import ray
 
     from raytag.train import best_checkpoint, fit
@@ -418,10 +400,10 @@ def train_within_budget(config, args, run_dir: Path) -> dict:
     }
 
 
-# --- evaluation, versions, outputs ----------------------------------------------------------
+# --- evaluation and outputs -----------------------------------------------------------------
 
 
-def evaluate(folder: str, manifest: str, split: str | None) -> tuple[dict, float]:
+def evaluate(folder: str, manifest: str, split: str | None) -> tuple[Evaluation, float]:
     from raytag.checkpoint import load_model
     from raytag.evaluate import evaluate_model
 
@@ -430,65 +412,30 @@ def evaluate(folder: str, manifest: str, split: str | None) -> tuple[dict, float
     return metrics, round(time.time() - start, 1)
 
 
-def versions() -> dict:
-    import numpy
-    import ray
-    import sklearn
-    import torch
-    import torchaudio
+def fluidsynth_version() -> str | None:
+    """The renderer's version: the catalogues' audio depends on it."""
+    import subprocess
 
-    def run(cmd: list[str]) -> str | None:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        except OSError:
-            return None
-
-    fluidsynth = run(["fluidsynth", "--version"])
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchaudio": torchaudio.__version__,
-        "ray": ray.__version__,
-        "numpy": numpy.__version__,
-        "scikit_learn": sklearn.__version__,
-        "fluidsynth": fluidsynth.splitlines()[0] if fluidsynth else None,
-        "git_commit": run(["git", "rev-parse", "HEAD"]),
-        "git_dirty_files": len((run(["git", "status", "--porcelain"]) or "").splitlines()),
-    }
-
-
-def machine() -> dict:
-    import torch
-
-    cpu_model = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+        found = subprocess.run(["fluidsynth", "--version"], capture_output=True, text=True)
     except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "gpu": torch.cuda.is_available(),
-        "platform": platform.platform(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-    }
+        return None
+    return found.stdout.splitlines()[0] if found.stdout else None
 
 
-def compact(metrics: dict) -> dict:
+def compact(metrics: Metrics) -> dict:
     """The metrics of the spec's tags (not ``--program-tags``'s, which the evaluated manifests
     do not carry, so they have no positives and no part in the macro figures), without their
     bulky pass-through fields."""
     from raytag.catalogue import VOCABULARY
 
+    record = metrics.to_dict()  # plain Metrics have no manifest, split or errors
     keep = ("macro_roc_auc", "macro_pr_auc", "n_tracks", "n_tags_scored", "manifest", "split")
-    out = {k: metrics.get(k) for k in keep}
-    out["n_errors"] = len(metrics.get("errors", []))
+    out = {k: record.get(k) for k in keep}
+    out["n_errors"] = len(record.get("errors", []))
     out["per_tag"] = [
         {k: row[k] for k in ("tag", "n_positive", "n_negative", "roc_auc", "pr_auc")}
-        for row in metrics["per_tag"]
+        for row in record["per_tag"]
         if row["tag"] in VOCABULARY
     ]
     return out
@@ -499,22 +446,26 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 def write_doc(path: Path, report: dict, results: Path) -> None:
+    """Rewrite ``path``'s best-result part from ``report``, keeping the hand-written part
+    between the COMMENTARY markers (what was tried, and what it showed)."""
     held, ind = report["evaluation"]["heldout"], report["evaluation"]["in_distribution"]
     tr, cat, cfg = report["training"], report["catalogues"], report["config"]
+    train_config = cfg["train_config"]
     old = path.read_text() if path.exists() else ""
     if COMMENTARY_START in old and COMMENTARY_END in old:
         commentary = old.split(COMMENTARY_START, 1)[1].split(COMMENTARY_END, 1)[0].strip("\n")
     else:
-        commentary = "_No commentary yet: read the tables and add it here._"
-    verdict = "meets" if (held["macro_roc_auc"] or 0) >= BAR else "does not meet"
-    model = cfg["train_config"]["model"]
-    overrides = cfg["train_config"]["model_overrides"]
-    if init_from := cfg["train_config"].get("init_from"):
-        frozen = ", encoder frozen" if cfg["train_config"].get("freeze_encoder") else ""
+        commentary = "_Nothing tried beside this run yet._"
+    verdict = "met" if (held["macro_roc_auc"] or 0) >= BAR else "not met"
+    overrides = ", ".join(f"`{k}={v}`" for k, v in train_config["model_overrides"].items())
+    counts = cat["train"]["split_counts"]
+    splits = " / ".join(f"{counts[name]:,} {name}" for name in ("train", "valid", "test"))
+    if init_from := train_config.get("init_from"):
+        frozen = ", encoder frozen" if train_config.get("freeze_encoder") else ""
         start = f"started from `{init_from}`{frozen}"
     else:
-        start = f"preset `{model}`, fresh weights"
-    t = report["timings_s"]
+        start = f"preset `{train_config['model']}`, fresh weights"
+    patch_s = train_config.get("patch_seconds", 3.0)
     rows = []
     ind_by_tag = {r["tag"]: r for r in ind["per_tag"]}
     for r in held["per_tag"]:
@@ -524,106 +475,80 @@ def write_doc(path: Path, report: dict, results: Path) -> None:
             f"| {r['tag']} | {i['n_positive']} | {fmt(i['roc_auc'])} | {fmt(i['pr_auc'])} "
             f"| {r['n_positive']} | {fmt(r['roc_auc'])} | {fmt(r['pr_auc'])} | {fmt(drop)} |"
         )
-    history = "\n".join(
-        f"| {h['epoch']} | {h['at_s']:.0f} | {h['train_loss']:.4f} | {h['val_loss']:.4f} "
-        f"| {h['learning_rate']:.2g} |"
-        for h in tr["history"]
-    )
-    load = report["load_average"]
+    machine, load, t = report["machine"], report["load_average"]["train"], report["timings_s"]
+    gpu = f"GPU {machine['gpu']}" if machine.get("gpu") else "no GPU"
     results_name = Path(os.path.relpath(results.resolve(), ROOT)).as_posix()
     results_link = Path(os.path.relpath(results.resolve(), path.parent.resolve())).as_posix()
-    text = f"""# Learning benchmark: held-out SoundFont
+    train_params, held_params = cat["train"]["params"], cat["heldout"]["params"]
+    text = f"""<!-- Written by bench/learning.py from {results_name}, except the part between the
+COMMENTARY markers, which is hand-written and kept when the script rewrites this page. -->
+# Learning benchmark: tags that carry over to an unheard SoundFont
 
-Generated by `bench/learning.py` on {report["finished_at"]} (raw numbers:
-[`{results_name}`]({results_link})). Reproduce with:
+`bench/learning.py` trains a tagger on a catalogue rendered with one set of SoundFonts and
+scores it on a catalogue rendered with a SoundFont that training never heard. The bar:
+macro ROC-AUC >= {BAR:.2f} on that held-out catalogue within about 30 minutes of CPU training.
+
+## Best result: {fmt(held["macro_roc_auc"])} held out, bar {verdict}
 
 ```
 {report["command"]}
 ```
 
-## Result
+Raw numbers: [`{results_name}`]({results_link}). The first run renders the catalogues
+({t["render_train"]:.0f} s and {t["render_heldout"]:.0f} s here); later runs reuse them.
 
 | | macro ROC-AUC | macro PR-AUC | tracks |
 |---|---|---|---|
 | held-out catalogue (other SoundFont, other seed) | **{fmt(held["macro_roc_auc"])}** \
 | {fmt(held["macro_pr_auc"])} | {held["n_tracks"]} |
-| training catalogue, its own test split (in-distribution) | {fmt(ind["macro_roc_auc"])} \
+| training catalogue, its own test split (in distribution) | {fmt(ind["macro_roc_auc"])} \
 | {fmt(ind["macro_pr_auc"])} | {ind["n_tracks"]} |
 
-The bar is macro ROC-AUC >= {BAR:.2f} on the held-out catalogue within about 30 minutes of
-CPU training: this run **{verdict}** it ({fmt(held["macro_roc_auc"])} after
-{tr["train_s"] / 60:.1f} min of training, {tr["epochs_run"]} epoch(s)).
-
-## What was measured
-
-- Training catalogue: {cat["train"]["params"]["n_tracks"]} tracks of \
-{cat["train"]["params"]["duration_s"]:g} s, seed {cat["train"]["params"]["seed"]}, rendered with
-  {" + ".join(f"`{Path(sf).name}`" for sf in cat["train"]["params"]["soundfonts"])} only; splits \
-{cat["train"]["split_counts"]}.
-- Held-out catalogue: {cat["heldout"]["params"]["n_tracks"]} tracks, seed \
-{cat["heldout"]["params"]["seed"]}, rendered with
-  `{Path(cat["heldout"]["params"]["soundfonts"][0]).name}` only, which training never heard.
-  Same generator (`raytag.catalogue`, same arrangement vocabulary), so this measures
+- Training catalogue: {train_params["n_tracks"]:,} tracks of {train_params["duration_s"]:g} s, \
+seed {train_params["seed"]}, rendered with
+  {" + ".join(f"`{Path(sf).name}`" for sf in train_params["soundfonts"])}; {splits}.
+- Held-out catalogue: {held_params["n_tracks"]} tracks, seed {held_params["seed"]}, rendered \
+with `{Path(held_params["soundfonts"][0]).name}`,
+  which training never heard. Same generator (`raytag.catalogue`), so this measures
   generalisation across SoundFonts and compositions, not across generators.
-- Model: {start}, overrides: {overrides or "none"}; {report["model_parameters"]:,}
-  parameters, {report.get("trained_parameters", report["model_parameters"]):,} of them trained.
-  Adam, learning rate {cfg["train_config"]["learning_rate"]}, batch \
-{cfg["train_config"]["batch_size"]},
-  {cfg["train_config"]["patches_per_track"]} random \
-{cfg["train_config"].get("patch_seconds", 3.0):g} s patch per training track per epoch,
-  {cfg["train_config"]["val_patches_per_track"]} fixed validation patches per track,
-  BCE-with-logits. Learning rate x{cfg["train_config"]["lr_decay_factor"]} after \
-{cfg["train_config"]["lr_patience"]} epochs
-  without a better validation loss; early stopping after \
-{cfg["train_config"]["early_stopping_patience"]} such epochs.
+- Model: {start}, overrides: {overrides or "none"}; {report["model_parameters"]:,} parameters,
+  {report.get("trained_parameters", report["model_parameters"]):,} of them trained. Adam, \
+learning rate {train_config["learning_rate"]},
+  batch {train_config["batch_size"]}, {train_config["patches_per_track"]} random {patch_s:g}-s \
+crop(s) per training track per epoch,
+  {train_config["val_patches_per_track"]} fixed validation patches per track, BCE-with-logits; \
+learning rate x{train_config["lr_decay_factor"]}
+  after {train_config["lr_patience"]} epochs without a better validation loss, early stopping \
+after {train_config["early_stopping_patience"]}.
   Training worker and evaluation: {cfg["args"]["threads"]} torch thread(s).
-- Training budget: {tr["budget_s"] / 60:g} min wall clock for the whole `fit` (decoding
-  into Ray's object store, start-up, epochs, checkpoints), enforced by a watchdog that aborts
-  the run (Ray Train's Ctrl-C abort) when the next epoch would not end within the budget.
-  Start-up before the first epoch about {tr["startup_s"]} s, median epoch \
-{tr["epoch_s_median"]} s;
-  the run ended by {tr["ended_by"]}.
+- Budget: {tr["budget_s"] / 60:g} min wall clock for the whole `fit` (decoding into Ray's
+  object store, start-up, epochs, checkpoints); a watchdog aborts the run (Ray Train's
+  Ctrl-C abort) when the next epoch would not end within it. This run: {tr["epochs_run"]} \
+epochs in
+  {tr["train_s"] / 60:.1f} min (start-up {tr["startup_s"]} s, median epoch \
+{tr["epoch_s_median"]} s), ended by {tr["ended_by"]}.
 - Evaluated checkpoint: the lowest validation loss (training catalogue's valid split); the
   held-out catalogue played no part in any choice. Tracks are scored whole (every \
-{cfg["train_config"].get("patch_seconds", 3.0):g} s patch,
-  mean sigmoid), ROC-AUC and PR-AUC per tag, macro = unweighted mean over tags.
-- Machine: {report["machine"]["cpu_count"]} CPU cores ({report["machine"]["cpu_model"]}), no GPU,
-  shared with other engineers' jobs: load average during training mean \
-{load["train"]["mean_1min"]}
-  (max {load["train"]["max_1min"]}) on 2 cores, so the times are noisy and a quiet machine would
-  fit more epochs in the same budget.
+{patch_s:g}-s patch,
+  mean sigmoid); ROC-AUC and PR-AUC per tag, macro = unweighted mean over tags.
+- Machine: {machine["cpu_count"]} CPU cores ({machine["cpu_model"]}), {gpu}; load average \
+during training
+  {load["mean_1min"]} (max {load["max_1min"]}), so epoch times are noisy.
 
-| phase | seconds |
-|---|---|
-| render training catalogue | {t["render_train"]} |
-| render held-out catalogue | {t["render_heldout"]} |
-| training (budgeted) | {t["train"]} |
-| evaluate held-out | {t["eval_heldout"]} |
-| evaluate in-distribution | {t["eval_in_distribution"]} |
-| whole script (this invocation) | {t["total"]} |
-
-Rendering times are those of the run that rendered the catalogues (a rerun reuses them).
-
-## Per tag (ROC-AUC, PR-AUC)
+### Per tag
 
 "drop" is in-distribution ROC-AUC minus held-out ROC-AUC.
 
-| tag | pos (in-dist) | ROC-AUC in-dist | PR-AUC in-dist | pos (held-out) | ROC-AUC held-out \
-| PR-AUC held-out | drop |
-|---|---|---|---|---|---|---|---|
+| tag | pos (in dist.) | ROC-AUC in dist. | PR-AUC in dist. | pos (held out) | ROC-AUC held out \
+| PR-AUC held out | drop |
+|---|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-## Commentary
+## What was tried
 
 {COMMENTARY_START}
 {commentary}
 {COMMENTARY_END}
-
-## Training history
-
-| epoch | at (s) | train loss | val loss | learning rate |
-|---|---|---|---|---|
-{history}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -639,20 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.doc} from {args.results}")
         return 0
     t0 = time.time()
-    given = sys.argv[1:] if argv is None else argv
-    command = shlex.join([".venv/bin/python", "bench/learning.py", *given])
+    report = new_record("learning", __file__, sys.argv[1:] if argv is None else argv)
+    report["versions"]["fluidsynth"] = fluidsynth_version()
     args.train_soundfonts = args.train_soundfonts or [DEFAULT_TRAIN_SOUNDFONT]
     heard = {os.path.realpath(sf) for sf in args.train_soundfonts}
     if os.path.realpath(args.heldout_soundfont) in heard:
         raise SystemExit("the held-out SoundFont must differ from the training ones")
     if args.train_seed == args.heldout_seed:
         raise SystemExit("the held-out catalogue needs another seed")
-    overrides = {}
-    for item in args.override:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value)
-    load_start = loadavg()
-    log(f"load average {load_start} on {os.cpu_count()} CPUs")
+    log(f"load average {report['machine']['load_avg_at_start']} on {os.cpu_count()} CPUs")
 
     def tag(sf: str) -> str:
         return Path(sf).stem.lower().replace("_", "")
@@ -686,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from raytag.catalogue import VOCABULARY
     from raytag.models import model_from_config
+    from raytag.settings import build
     from raytag.train import TrainConfig, initial_model
 
     vocabulary = list(VOCABULARY)
@@ -698,28 +619,13 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     run_name = args.run_name or "learning-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     runs_dir = Path(args.runs_dir or Path(args.data_dir) / "runs").resolve()
-    config = TrainConfig(
+    config = build(
+        TrainConfig,
+        vars(args),
         manifest=train_manifest,
-        model=args.model,
-        model_overrides=overrides,
-        init_from=args.init_from,
-        freeze_encoder=args.freeze_encoder,
         vocabulary=tuple(vocabulary),
-        epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        early_stopping_patience=args.early_stopping_patience,
-        lr_decay_factor=args.lr_decay_factor,
-        lr_patience=args.lr_patience,
-        patches_per_track=args.patches_per_track,
-        patch_seconds=args.patch_seconds,
-        val_patches_per_track=args.val_patches_per_track,
-        num_workers=1,
-        use_gpu=args.use_gpu,
-        cpu_bf16=args.cpu_bf16,
         storage_path=str(runs_dir),
         run_name=run_name,
-        seed=args.seed,
     )
     model = model_from_config(initial_model(config, vocabulary).config)
     if args.freeze_encoder:
@@ -728,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = args.init_from or args.model
     log(
-        f"run {run_name}: {start} {overrides or ''}, {n_params:,} parameters, {n_trained:,} trained"
+        f"run {run_name}: {start} {config.model_overrides or ''}, {n_params:,} parameters, "
+        f"{n_trained:,} trained"
     )
     with LoadSampler() as train_load:
         training = train_within_budget(config, args, runs_dir / run_name)
@@ -738,15 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = training.pop("best_checkpoint_folder")
     with LoadSampler() as eval_load:
         heldout, heldout_s = evaluate(folder, catalogues["heldout"]["manifest"], None)
-        log(f"held-out macro ROC-AUC {fmt(heldout['macro_roc_auc'])} ({heldout_s} s)")
+        log(f"held-out macro ROC-AUC {fmt(heldout.macro_roc_auc)} ({heldout_s} s)")
         in_dist, in_dist_s = evaluate(folder, catalogues["train"]["manifest"], "test")
-        log(f"in-distribution macro ROC-AUC {fmt(in_dist['macro_roc_auc'])} ({in_dist_s} s)")
+        log(f"in-distribution macro ROC-AUC {fmt(in_dist.macro_roc_auc)} ({in_dist_s} s)")
 
-    report = {
-        "benchmark": "learning",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "bar": {"macro_roc_auc_heldout": BAR, "met": (heldout["macro_roc_auc"] or 0) >= BAR},
+    report |= {
+        "bar": {"macro_roc_auc_heldout": BAR, "met": (heldout.macro_roc_auc or 0) >= BAR},
         "config": {
             "args": vars(args),
             "train_config": asdict(config),
@@ -764,18 +668,10 @@ def main(argv: list[str] | None = None) -> int:
             "eval_in_distribution": in_dist_s,
             "total": round(time.time() - t0, 1),
         },
-        "machine": machine(),
-        "load_average": {
-            "start": load_start,
-            "end": loadavg(),
-            "train": train_load.summary(),
-            "eval": eval_load.summary(),
-        },
-        "versions": versions(),
+        "load_average": {"train": train_load.summary(), "eval": eval_load.summary()},
     }
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
+    save(report, results)
     log(f"wrote {results}")
     if args.doc:
         write_doc(Path(args.doc), report, results)

@@ -35,7 +35,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from record import new_record, save
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "tagging"
@@ -590,9 +591,7 @@ def main() -> None:
     model_env = model_process_env()  # as raytag's model actors run
     print(f"{len(files)} files: " + ", ".join(f"{len(v)} {k}" for k, v in inputs.items()))
     record = {
-        "benchmark": "tagging",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": _machine(),
+        **new_record("tagging", __file__, sys.argv[1:]),
         "inputs": {kind: len(paths) for kind, paths in inputs.items()},
         "device": device,
         "repeat": args.repeat,
@@ -612,7 +611,7 @@ def main() -> None:
             result[key] = run_stage(stage, env, files=files, model_dir=folder, device=device,
                                     **common, **extra)  # fmt: skip
             print(name, key, json.dumps(result[key]), flush=True)
-            _save(record, args.results)  # a later failure keeps what was measured
+            save(record, args.results)  # a later failure keeps what was measured
         runs = {"raytag": {"compile_model": False}}
         if args.compile:
             runs["raytag_compiled"] = {"compile_model": True}
@@ -621,22 +620,21 @@ def main() -> None:
         for key, settings in runs.items():
             result[key] = _end_to_end(name, folder, manifest, **settings, **common)
             print(name, key, json.dumps(result[key]), flush=True)
-            _save(record, args.results)
+            save(record, args.results)
         for variant in args.variant:
             label, settings = variant.split("=", 1)
             result.setdefault("variants", {})[label] = _end_to_end(
                 name, folder, manifest, compile_model=False, **json.loads(settings), **common
             )
             print(name, label, json.dumps(result["variants"][label]), flush=True)
-            _save(record, args.results)
+            save(record, args.results)
         # The ceiling again, after the end-to-end runs: the ratios use the mean of both.
         result["model_after"] = run_stage("model", model_env, files=files, model_dir=folder,
                                           device=device, compile_model=False, **common)  # fmt: skip
         print(name, "model_after", json.dumps(result["model_after"]), flush=True)
         result["ratios"] = _ratios(record["decode_ceiling"], result)
         print(name, "ratios", json.dumps(result["ratios"]), flush=True)
-    record["machine"]["load_avg_at_end"] = os.getloadavg()
-    _save(record, args.results)
+    save(record, args.results)
     print(f"wrote {args.results}")
 
 
@@ -646,11 +644,6 @@ def _end_to_end(name: str, model_dir: str, manifest: str, **settings) -> dict:
     subprocess.run(["rm", "-rf", str(output)], check=True)
     return run_stage("raytag", manifest=manifest, model_dir=model_dir, output=str(output),
                      **settings)  # fmt: skip
-
-
-def _save(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _ratios(decode: dict, result: dict) -> dict:
@@ -686,19 +679,6 @@ def _ratios(decode: dict, result: dict) -> dict:
         if "gpu" in result[key]:
             ratios[key]["tracks_per_s_per_gpu"] = round(end_to_end / result[key]["gpu"]["gpus"], 2)
     return ratios
-
-
-def _machine() -> dict:
-    import torch
-
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_avg_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from record import new_record, save
 
 from raytag.tagging import TagOptions
 
@@ -112,7 +112,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_one(*args.child[:3], int(args.child[3]))))
         return
-    runs = []
+    record = {
+        **new_record("tagging_scale", __file__, sys.argv[1:]),
+        "decode_batch_size": args.decode_batch_size,
+        "runs": [],
+    }
     for rows in args.rows:
         manifest, model = make_inputs(rows, args.clip_seconds)
         output = DATA / f"out-{rows}"
@@ -124,22 +128,10 @@ def main() -> None:
         )  # fmt: skip
         result = {"manifest_rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
         print(json.dumps(result), flush=True)
-        runs.append(result)
-    base = runs[0]["driver_peak_rss_mb"]
-    record = {
-        "benchmark": "tagging_scale",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(),
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "decode_batch_size": args.decode_batch_size,
-        "runs": runs,
-        "driver_rss_growth": [round(r["driver_peak_rss_mb"] / base, 3) for r in runs],
-    }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=2) + "\n")
+        record["runs"].append(result)
+    base = record["runs"][0]["driver_peak_rss_mb"]
+    record["driver_rss_growth"] = [round(r["driver_peak_rss_mb"] / base, 3) for r in record["runs"]]
+    save(record, args.results)
     print(f"wrote {args.results}")
 
 

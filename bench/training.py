@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import new_record, save
 
 from raytag.train import TrainConfig, fit
 
@@ -56,13 +58,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False)  # fmt: skip
     record = {
-        "benchmark": "training",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg(),
-        },  # fmt: skip
+        **new_record("training", __file__, sys.argv[1:]),
         "tracks": args.tracks,
         "shuffle_buffer": args.shuffle_buffer,
         "runs": [],
@@ -100,9 +96,7 @@ def main() -> None:
         print(json.dumps(summary), flush=True)
         record["runs"].append(summary)
     ray.shutdown()
-    record["machine"]["load_avg_at_end"] = os.getloadavg()
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=2) + "\n")
+    save(record, args.results)
     print(f"wrote {args.results}")
 
 

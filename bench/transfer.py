@@ -20,14 +20,14 @@ a small labelled catalogue gets from the imported musicnn taggers (docs/musicnn.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from learning import compact, machine, versions
+from learning import compact
+from record import new_record, save
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
@@ -105,13 +105,10 @@ def main() -> None:
     }
     vocabulary = list(VOCABULARY)
     record = {
-        "benchmark": "transfer",
-        "finished_at": None,
+        **new_record("transfer", __file__, sys.argv[1:]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "tracks": {name: len(rows) for name, rows in sets.items()},
         "models": {},
-        "machine": machine(),
-        "versions": versions(),
     }
     for uri in args.models:
         model = registry.load(uri).model
@@ -142,9 +139,7 @@ def main() -> None:
             )
             print("   ", " ".join(f"{t['tag']}={t['roc_auc']:.2f}" for t in held["per_tag"]))
         record["models"][Path(uri).name] = {"extract_s": round(extract_s, 1), "runs": runs}
-    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=1) + "\n")
+    save(record, args.results)
     print(f"wrote {args.results}")
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from raytag.cluster import join, ray_address_option
 from raytag.config import AudioConfig
+from raytag.settings import SettingsCommand, build
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,8 +111,14 @@ def evaluate_command(
             loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size
         )
     write_metrics(metrics, output)
-    summary = {k: metrics[k] for k in ("macro_roc_auc", "macro_pr_auc", "n_tracks")}
-    click.echo(json.dumps({**summary, "errors": len(metrics["errors"]), "output": output}))
+    summary = {
+        "macro_roc_auc": metrics.macro_roc_auc,
+        "macro_pr_auc": metrics.macro_pr_auc,
+        "n_tracks": metrics.n_tracks,
+        "errors": len(metrics.errors),
+        "output": output,
+    }
+    click.echo(json.dumps(summary))
 
 
 @main.group("registry")
@@ -206,254 +214,53 @@ def catalogue_check_command(out: str) -> None:
 
 
 # -- training (raytag.train) ----------------------------------------------------------
+# The options of `train` and `tag` are the fields of TrainConfig and TagOptions
+# (raytag.settings): their defaults and help live there, once.
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse as JSON (numbers, lists)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--set")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
-@main.command("train")
-@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
-@click.option("--model", default="spectrogram-small", show_default=True, help="Model preset.")
-@click.option("--set", "overrides", multiple=True, help="Model config override key=value.")
-@click.option(
-    "--init-from",
-    default=None,
-    help="Start from this model (models:/NAME@ALIAS, runs:/..., a folder) instead of a fresh "
-    "--model: its architecture, weights and patch settings; shared tags keep their outputs.",
+@main.command(
+    "train", cls=SettingsCommand, settings="raytag.train:TrainConfig", before="experiment"
 )
-@click.option(
-    "--freeze-encoder",
-    is_flag=True,
-    help="Train only the dense head on the frozen encoder (transfer learning; cheap on CPU).",
-)
-@click.option(
-    "--vocabulary",
-    default=None,
-    help="'demo' (the demo catalogue's 21 tags), a JSON list file, or unset for the "
-    "sorted tags of the manifest.",
-)
-@click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--learning-rate", default=1e-3, show_default=True)
-@click.option("--early-stopping-patience", default=5, show_default=True)
-@click.option("--patches-per-track", default=1, show_default=True)
-@click.option(
-    "--shuffle-buffer",
-    default=256,
-    show_default=True,
-    help="Training patches mixed in a local shuffle buffer on each worker (0: off).",
-)
-@click.option(
-    "--cache-decoded/--no-cache-decoded",
-    default=True,
-    show_default=True,
-    help="Keep decoded audio in Ray's object store between epochs; off: every epoch decodes "
-    "only the crops it trains on, for catalogues larger than the cluster's memory.",
-)
-@click.option("--num-workers", default=1, show_default=True, help="Ray Train workers.")
-@click.option(
-    "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
-)
-@click.option(
-    "--cpu-bf16/--no-cpu-bf16",
-    default=False,
-    show_default=True,
-    help="bf16 autocast on CPU workers too (GPU workers use it by default). A training step "
-    "measured no faster with it on a CPU with AVX512-BF16 (docs/benchmarks.md).",
-)
-@click.option(
-    "--storage-path", default="runs", show_default=True, help="Checkpoints (local or s3://)."
-)
-@click.option(
-    "--run-name",
-    default="raytag",
-    show_default=True,
-    help="Same name again resumes from its last checkpoint.",
-)
-@click.option("--max-failures", default=3, show_default=True, help="Worker failures to survive.")
 @click.option("--experiment", default="raytag", show_default=True, help="MLflow experiment.")
 @click.option("--registered-model", default=None, help="Register the model under this name.")
 @click.option("--alias", default=None, help="Alias for the new version, e.g. champion.")
-@click.option(
-    "--ray-address",
-    default=None,
-    envvar="RAY_ADDRESS",
-    help="Cluster to join (default: Ray's own choice, a local one if none runs).",
-)
-@click.option("--seed", default=0, show_default=True)
+@ray_address_option
 def train_command(
-    manifest: str, model: str, overrides: tuple[str, ...], init_from: str | None,
-    freeze_encoder: bool, vocabulary: str | None, epochs: int,
-    batch_size: int, learning_rate: float, early_stopping_patience: int, patches_per_track: int,
-    shuffle_buffer: int, cache_decoded: bool, num_workers: int, use_gpu: bool | None,
-    cpu_bf16: bool,
-    storage_path: str, run_name: str, max_failures: int, experiment: str,
-    registered_model: str | None, alias: str | None, ray_address: str | None, seed: int,
+    experiment: str, registered_model: str | None, alias: str | None, ray_address: str | None,
+    **settings: Any,
 ) -> None:  # fmt: skip
     """Train with Ray Train, evaluate the test split, log to MLflow and register the model."""
-    import ray
-
     from raytag.train import TrainConfig, run_training
 
-    config = TrainConfig(
-        manifest=manifest, model=model, model_overrides=_parse_overrides(overrides),
-        init_from=init_from, freeze_encoder=freeze_encoder,
-        vocabulary=_vocabulary(vocabulary), epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, early_stopping_patience=early_stopping_patience,
-        patches_per_track=patches_per_track, shuffle_buffer=shuffle_buffer,
-        cache_decoded=cache_decoded,
-        num_workers=num_workers, use_gpu=use_gpu, cpu_bf16=cpu_bf16,
-        storage_path=storage_path, run_name=run_name, max_failures=max_failures, seed=seed,
-    )  # fmt: skip
-    ray.init(address=ray_address)
+    config = build(TrainConfig, settings)
+    join(ray_address)
     summary = run_training(
         config, experiment=experiment, registered_model=registered_model, alias=alias
     )
-    summary.pop("metrics")
-    click.echo(json.dumps(summary, default=str))
-
-
-def _vocabulary(option: str | None) -> tuple[str, ...] | None:
-    if option is None:
-        return None
-    if option == "demo":
-        from raytag.catalogue import VOCABULARY
-
-        return VOCABULARY
-    with open(option) as f:
-        return tuple(json.load(f))
+    printed = summary.to_dict()
+    del printed["metrics"]  # in MLflow, under evaluation/test
+    click.echo(json.dumps(printed, default=str))
 
 
 # -- batch tagging (raytag.tagging) ----------------------------------------------------
 
-_ray_address_option = click.option(
-    "--ray-address",
-    default=None,
-    envvar="RAY_ADDRESS",
-    help="Cluster to join (default: Ray's own choice, a local one if none runs; "
-    "'local' always starts a new one).",
+
+@main.command(
+    "tag", cls=SettingsCommand, settings="raytag.tagging:TagOptions", before="ray_address"
 )
-
-
-def _join_ray(address: str | None) -> None:
-    """Join (or start) the cluster; inside a process already connected, use that one."""
-    import ray
-
-    ray.init(address=address, ignore_reinit_error=True)
-
-
-@main.command("tag")
 @click.option("--manifest", required=True, help="Parquet file, folder/prefix or glob; or s3://.")
 @click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
 @click.option("--output", required=True, help="Output folder (local or s3://); reruns resume.")
-@click.option(
-    "--max-patches",
-    default=32,
-    show_default=True,
-    help="Evenly spaced patches per track (0: all); bounds memory for long tracks.",
-)
-@click.option("--top-k", default=5, show_default=True, help="Tags kept in top_tags.")
-@click.option(
-    "--embedding/--no-embedding", default=False, show_default=True, help="Write the embedding."
-)
-@click.option("--decode-batch-size", default=8, show_default=True, help="Tracks per decode task.")
-@click.option(
-    "--decode-actors/--no-decode-actors",
-    default=None,
-    help="Decode in long-lived actors, not tasks (default: actors with GPUs, tasks without).",
-)
-@click.option(
-    "--decode-tasks",
-    type=int,
-    default=None,
-    help="Concurrent decode tasks, or actors (default: with GPUs every CPU the model actors "
-    "leave but one; without, one per 4 CPUs).",
-)
-@click.option(
-    "--decode-cpus",
-    type=float,
-    default=None,
-    help="CPUs a decode task reserves (default: 1 with GPUs, 0.25 on CPU-only clusters).",
-)
-@click.option("--decode-memory-mb", default=1024, show_default=True, help="Per decode task.")
-@click.option("--predict-batch-size", default=16, show_default=True, help="Tracks per model call.")
-@click.option(
-    "--patch-batch-size",
-    type=int,
-    default=None,
-    help="Patches per forward pass (default: 256 on GPU, 8 on CPU).",
-)
-@click.option(
-    "--actors", type=int, default=None, help="Model replicas (default: one per GPU, else per CPU)."
-)
-@click.option(
-    "--cpus-per-actor",
-    type=float,
-    default=None,
-    help="CPUs an actor reserves; CPU actors run that many torch threads, at least 1 "
-    "(default: 1 on GPU nodes; on CPU-only clusters 0.75, less on 4 CPUs or fewer so that a whole "
-    "CPU stays free, 0.375 on 2: one single-threaded replica per core).",
-)
-@click.option(
-    "--gpu/--no-gpu", "use_gpu", default=None, help="Default: GPUs if the cluster has any."
-)
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on GPU.")
-@click.option(
-    "--cpu-bf16/--no-cpu-bf16",
-    default=False,
-    show_default=True,
-    help="bf16 autocast on CPU actors too: faster on CPUs with bf16 units (AVX512-BF16, AMX), "
-    "likely slower elsewhere (not measured); scores move by up to ~0.03 (docs/benchmarks.md).",
-)
-@click.option(
-    "--compile/--no-compile",
-    default=False,
-    show_default=True,
-    help="torch.compile the model in each actor (7-70 s to compile; see docs/benchmarks.md).",
-)
-@click.option("--rows-per-file", default=1000, show_default=True, help="Rows per write task.")
-@click.option(
-    "--rows-per-execution",
-    type=int,
-    default=None,
-    help="Pending rows per Ray Data execution; bounds the driver's memory (default: 12,500 "
-    "per CPU, at most 1,000,000).",
-)
-@_ray_address_option
+@ray_address_option
 def tag_command(
-    manifest: str, model_uri: str, output: str, max_patches: int, top_k: int, embedding: bool,
-    decode_batch_size: int, decode_actors: bool | None, decode_tasks: int | None,
-    decode_cpus: float | None, decode_memory_mb: int, predict_batch_size: int,
-    patch_batch_size: int | None,
-    actors: int | None, cpus_per_actor: float | None,
-    use_gpu: bool | None, bf16: bool, cpu_bf16: bool, compile: bool, rows_per_file: int,
-    rows_per_execution: int | None, ray_address: str | None,
-) -> None:  # fmt: skip
+    manifest: str, model_uri: str, output: str, ray_address: str | None, **settings: Any
+) -> None:
     """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
     from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
 
-    options = TagOptions(
-        max_patches=max_patches or None, top_k=top_k, embedding=embedding,
-        decode_batch_size=decode_batch_size, decode_actors=decode_actors,
-        decode_tasks=decode_tasks, decode_cpus=decode_cpus, decode_memory_mb=decode_memory_mb,
-        predict_batch_size=predict_batch_size,
-        patch_batch_size=patch_batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-        use_gpu=use_gpu, bf16=bf16, cpu_bf16=cpu_bf16, compile=compile,
-        rows_per_file=rows_per_file, rows_per_execution=rows_per_execution,
-    )  # fmt: skip
-    _join_ray(ray_address)
+    options = build(TagOptions, settings)
+    join(ray_address)
     try:
         summary = tag_catalogue(manifest, model_uri, output, options)
     except (ManifestError, TagError, IncompleteRunError) as error:
@@ -464,13 +271,13 @@ def tag_command(
 @main.command("verify")
 @click.option("--manifest", required=True, help="The run's manifest.")
 @click.option("--output", required=True, help="The run's output folder.")
-@_ray_address_option
+@ray_address_option
 def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
     """Check a tagging run: every manifest row in exactly one output row (exit 1 if not)."""
     from raytag.manifest import ManifestError
     from raytag.tagging import verify
 
-    _join_ray(ray_address)
+    join(ray_address)
     try:
         report = verify(manifest, output)
     except ManifestError as error:
@@ -504,12 +311,15 @@ def demo_command(
 ) -> None:  # fmt: skip
     """The whole product on this machine: local MLflow and Ray, a labelled catalogue,
     training, registry, tagging of real music, and a report. A second run reuses what exists."""
-    from raytag.demo import format_report, run_demo
+    from raytag.demo import DemoSettings, format_report, run_demo
 
+    settings = DemoSettings(
+        n_tracks=n_tracks, duration_s=duration_s, epochs=epochs, model=model,
+        real_tracks=real_tracks, max_patches=max_patches,
+    )  # fmt: skip
     report = run_demo(
-        workdir, n_tracks=n_tracks, duration_s=duration_s, epochs=epochs, model=model,
-        real_tracks=real_tracks, max_patches=max_patches, keep_mlflow=keep_mlflow,
-        retrain=retrain, mlflow_port=mlflow_port, num_cpus=num_cpus,
+        workdir, settings, keep_mlflow=keep_mlflow, retrain=retrain, mlflow_port=mlflow_port,
+        num_cpus=num_cpus,
     )  # fmt: skip
     click.echo(format_report(report))
 

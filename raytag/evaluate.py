@@ -17,7 +17,7 @@ wrote instead, so a test set of any size is scored on the cluster.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,12 @@ from raytag.config import AudioConfig
 from raytag.manifest import TRACK_ID, URI
 from raytag.models.inference import predict_patches
 from raytag.storage import arrow_filesystem
-from raytag.tagging import (
-    ERROR_COLUMNS,
+from raytag.tagging.output import (
+    ERROR_SCHEMA,
     ERRORS,
     PREDICTIONS,
-    output_files,
+    SCORES_FIELD,
+    read_output_table,
     read_run,
     read_vocabulary,
 )
@@ -61,6 +62,62 @@ class TrackScores:
     y_score: np.ndarray  # (tracks, tags) mean patch sigmoid
     errors: list[dict[str, str]]  # {"track_id", "uri", "error_code", "message"}
     unknown_tags: list[str]  # manifest tags outside the model's vocabulary
+
+
+@dataclass(frozen=True)
+class TagMetrics:
+    """One tag's scores; an AUC that is undefined on these tracks is None, with the reason."""
+
+    tag: str
+    n_positive: int
+    n_negative: int
+    roc_auc: float | None = None
+    pr_auc: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Per-tag and macro ROC-AUC / PR-AUC of a set of tracks."""
+
+    macro_roc_auc: float | None
+    macro_pr_auc: float | None
+    n_tracks: int
+    n_tags: int
+    n_tags_scored: int
+    per_tag: tuple[TagMetrics, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, keys in field order (the layout of metrics.json)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Evaluation(Metrics):
+    """The metrics of a model, or of a tagging run's scores, on a labelled manifest, and what
+    they leave out: tracks that did not decode and tags outside the vocabulary."""
+
+    model: dict[str, str]  # name, version
+    manifest: str
+    split: str | None
+    errors: tuple[dict[str, str], ...]  # track_id, uri, error_code, message
+    unknown_tags: tuple[str, ...]
+    plots: tuple[str, ...] | None = None  # the PNGs, when asked for
+    predictions: str | None = None  # the tagging output whose scores were evaluated
+
+    def to_dict(self) -> dict[str, Any]:
+        """As metrics.json holds it: ``plots`` and ``predictions`` only when set."""
+        optional = ("plots", "predictions")
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in optional}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Evaluation:
+        """What :meth:`to_dict` wrote, read back (e.g. a training run's metrics.json)."""
+        values = dict(record, per_tag=tuple(TagMetrics(**row) for row in record["per_tag"]))
+        for key in ("errors", "unknown_tags", "plots"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 def read_labelled_tracks(manifest_uri: str, split: str | None = None) -> list[dict[str, Any]]:
@@ -130,8 +187,8 @@ def label_matrix(
     return y_true, sorted(unknown)
 
 
-def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[str]) -> dict:
-    """Per-tag and macro ROC-AUC / PR-AUC; JSON-ready (undefined values are None)."""
+def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[str]) -> Metrics:
+    """Per-tag and macro ROC-AUC / PR-AUC (undefined values are None)."""
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_true.shape != y_score.shape or y_true.shape[1:] != (len(vocabulary),):
@@ -144,31 +201,26 @@ def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[st
         truth = y_true[:, i] > 0
         positives = int(truth.sum())
         negatives = int(truth.size - positives)
-        row = {
-            "tag": tag,
-            "n_positive": positives,
-            "n_negative": negatives,
-            "roc_auc": None,
-            "pr_auc": None,
-            "reason": None,
-        }
         if positives == 0:
-            row["reason"] = "no positive tracks"
+            row = TagMetrics(tag, positives, negatives, reason="no positive tracks")
         elif negatives == 0:
-            row["reason"] = "no negative tracks"
+            row = TagMetrics(tag, positives, negatives, reason="no negative tracks")
         else:
-            row["roc_auc"] = float(roc_auc_score(truth, y_score[:, i]))
-            row["pr_auc"] = float(average_precision_score(truth, y_score[:, i]))
+            row = TagMetrics(
+                tag, positives, negatives,
+                roc_auc=float(roc_auc_score(truth, y_score[:, i])),
+                pr_auc=float(average_precision_score(truth, y_score[:, i])),
+            )  # fmt: skip
         per_tag.append(row)
-    scored = [row for row in per_tag if row["roc_auc"] is not None]
-    return {
-        "macro_roc_auc": _mean([row["roc_auc"] for row in scored]),
-        "macro_pr_auc": _mean([row["pr_auc"] for row in scored]),
-        "n_tracks": int(y_true.shape[0]),
-        "n_tags": len(vocabulary),
-        "n_tags_scored": len(scored),
-        "per_tag": per_tag,
-    }
+    scored = [row for row in per_tag if row.roc_auc is not None]
+    return Metrics(
+        macro_roc_auc=_mean([row.roc_auc for row in scored]),
+        macro_pr_auc=_mean([row.pr_auc for row in scored]),
+        n_tracks=int(y_true.shape[0]),
+        n_tags=len(vocabulary),
+        n_tags_scored=len(scored),
+        per_tag=tuple(per_tag),
+    )
 
 
 def evaluate_model(
@@ -179,9 +231,9 @@ def evaluate_model(
     *,
     plots_dir: str | Path | None = None,
     batch_size: int = 64,
-) -> dict:
+) -> Evaluation:
     """Score the manifest's tracks and compute the metrics; with ``plots_dir``, also write
-    the plots there and list their paths under ``"plots"``."""
+    the plots there and list their paths under ``plots``."""
     tracks = score_tracks(loaded, manifest_uri, split, audio, batch_size)
     model = {"name": loaded.name, "version": loaded.version}
     return _report(tracks, loaded.vocabulary, model, manifest_uri, split, plots_dir)
@@ -206,8 +258,8 @@ def score_predictions(
     labels = _labelled_table(manifest_uri, split)
     if pc.count_distinct(labels[TRACK_ID]).as_py() != labels.num_rows:
         raise ValueError(f"{manifest_uri} repeats a track_id; label each track once")
-    predicted = _read_output(output, PREDICTIONS, _SCORED)
-    failed = _read_output(output, ERRORS, _FAILED)
+    predicted = read_output_table(output, PREDICTIONS, _SCORED)
+    failed = read_output_table(output, ERRORS, ERROR_SCHEMA)
     scored_rows, predicted_rows = _rows_sharing_track_id(labels, predicted)
     failed_rows = _rows_sharing_track_id(labels, failed)[1]
     missing = labels.num_rows - len(scored_rows) - len(failed_rows)
@@ -237,17 +289,15 @@ def evaluate_predictions(
     split: str | None = None,
     *,
     plots_dir: str | Path | None = None,
-) -> dict:
+) -> Evaluation:
     """The metrics of :func:`evaluate_model`, from the scores a ``raytag tag`` run wrote."""
     tracks, vocabulary, model = score_predictions(output, manifest_uri, split)
     model = {"name": model["name"], "version": model["version"]}
-    return _report(tracks, vocabulary, model, manifest_uri, split, plots_dir) | {
-        "predictions": output
-    }
+    evaluation = _report(tracks, vocabulary, model, manifest_uri, split, plots_dir)
+    return replace(evaluation, predictions=output)
 
 
-_SCORED = pa.schema([(TRACK_ID, pa.string()), ("scores", pa.list_(pa.float32()))])
-_FAILED = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
+_SCORED = pa.schema([pa.field(TRACK_ID, pa.string()), SCORES_FIELD])
 
 
 def _rows_sharing_track_id(left: pa.Table, right: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -261,15 +311,6 @@ def _rows_sharing_track_id(left: pa.Table, right: pa.Table) -> tuple[np.ndarray,
     return pairs["left"].to_numpy(), pairs["right"].to_numpy()
 
 
-def _read_output(output: str, folder: str, schema: pa.Schema) -> pa.Table:
-    """``schema``'s columns of the finished files of ``output/folder``, read here (no Ray)."""
-    files = output_files(output, folder)
-    if not files:
-        return schema.empty_table()
-    fs, _ = arrow_filesystem(output)
-    return pq.ParquetDataset(files, filesystem=fs).read(columns=schema.names)
-
-
 def _report(
     tracks: TrackScores,
     vocabulary: list[str],
@@ -277,41 +318,43 @@ def _report(
     manifest_uri: str,
     split: str | None,
     plots_dir: str | Path | None,
-) -> dict:
+) -> Evaluation:
     metrics = compute_metrics(tracks.y_true, tracks.y_score, vocabulary)
-    metrics.update(
+    plots = None
+    if plots_dir is not None:
+        paths = write_plots(metrics, tracks.y_true, tracks.y_score, plots_dir)
+        plots = tuple(str(path) for path in paths)
+    return Evaluation(
+        **vars(metrics),
         model=model,
         manifest=manifest_uri,
         split=split,
-        errors=tracks.errors,
-        unknown_tags=tracks.unknown_tags,
+        errors=tuple(tracks.errors),
+        unknown_tags=tuple(tracks.unknown_tags),
+        plots=plots,
     )
-    if plots_dir is not None:
-        paths = write_plots(metrics, tracks.y_true, tracks.y_score, plots_dir)
-        metrics["plots"] = [str(path) for path in paths]
-    return metrics
 
 
-def write_metrics(metrics: dict, path: str | Path) -> Path:
+def write_metrics(metrics: Metrics, path: str | Path) -> Path:
     """The metrics as strict JSON (no NaN: undefined values are already null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(metrics.to_dict(), indent=2, allow_nan=False) + "\n")
     return path
 
 
 def write_plots(
-    metrics: dict, y_true: np.ndarray, y_score: np.ndarray, folder: str | Path
+    metrics: Metrics, y_true: np.ndarray, y_score: np.ndarray, folder: str | Path
 ) -> list[Path]:
     """Per-tag ROC-AUC and PR-AUC bars, ROC and PR curves of the scored tags, as PNGs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    per_tag = metrics["per_tag"]
+    per_tag = metrics.per_tag
     paths = [
-        _bar_chart(per_tag, "roc_auc", metrics["macro_roc_auc"], "ROC-AUC", folder / PLOT_FILES[0]),
-        _bar_chart(per_tag, "pr_auc", metrics["macro_pr_auc"], "PR-AUC", folder / PLOT_FILES[1]),
+        _bar_chart(per_tag, "roc_auc", metrics.macro_roc_auc, "ROC-AUC", folder / PLOT_FILES[0]),
+        _bar_chart(per_tag, "pr_auc", metrics.macro_pr_auc, "PR-AUC", folder / PLOT_FILES[1]),
     ]
-    scored = [(i, row) for i, row in enumerate(per_tag) if row["roc_auc"] is not None]
+    scored = [(i, row) for i, row in enumerate(per_tag) if row.roc_auc is not None]
     paths.append(_curves(scored, y_true, y_score, "roc", folder / PLOT_FILES[2]))
     paths.append(_curves(scored, y_true, y_score, "pr", folder / PLOT_FILES[3]))
     return paths
@@ -321,15 +364,17 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _bar_chart(per_tag: list[dict], key: str, macro: float | None, label: str, path: Path) -> Path:
-    tags = [row["tag"] for row in per_tag]
-    values = [row[key] if row[key] is not None else 0.0 for row in per_tag]  # labelled n/a
+def _bar_chart(
+    per_tag: tuple[TagMetrics, ...], key: str, macro: float | None, label: str, path: Path
+) -> Path:
+    tags = [row.tag for row in per_tag]
+    values = [getattr(row, key) or 0.0 for row in per_tag]  # None: labelled n/a
     fig = Figure(figsize=(8, 0.28 * len(tags) + 2), layout="constrained")
     ax = fig.subplots()
     ax.barh(tags, values, color="tab:blue")
     for y, row in enumerate(per_tag):
-        if row[key] is None:
-            ax.text(0.01, y, f"n/a ({row['reason']})", va="center", fontsize=7, color="gray")
+        if getattr(row, key) is None:
+            ax.text(0.01, y, f"n/a ({row.reason})", va="center", fontsize=7, color="gray")
     if macro is not None:
         ax.axvline(macro, color="tab:red", linestyle="--", label=f"macro {macro:.3f}")
         ax.legend(loc="lower right")
@@ -341,7 +386,11 @@ def _bar_chart(per_tag: list[dict], key: str, macro: float | None, label: str, p
 
 
 def _curves(
-    scored: list[tuple[int, dict]], y_true: np.ndarray, y_score: np.ndarray, kind: str, path: Path
+    scored: list[tuple[int, TagMetrics]],
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    kind: str,
+    path: Path,
 ) -> Path:
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.subplots()
@@ -350,12 +399,12 @@ def _curves(
         truth, score = np.asarray(y_true)[:, i] > 0, np.asarray(y_score)[:, i]
         if kind == "roc":
             x, y, _ = roc_curve(truth, score)
-            value = row["roc_auc"]
+            value = row.roc_auc
         else:
             y, x, _ = precision_recall_curve(truth, score)
-            value = row["pr_auc"]
+            value = row.pr_auc
         style = {"color": colours[k % 20], "linestyle": ("-", "--", ":")[k // 20 % 3]}
-        ax.plot(x, y, linewidth=1, label=f"{row['tag']} ({value:.2f})", **style)
+        ax.plot(x, y, linewidth=1, label=f"{row.tag} ({value:.2f})", **style)
     if kind == "roc":
         ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves")

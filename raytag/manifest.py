@@ -29,23 +29,6 @@ if TYPE_CHECKING:
 TRACK_ID = "track_id"
 URI = "uri"
 REQUIRED_COLUMNS = (TRACK_ID, URI)
-ERROR_CODE = "error_code"
-MESSAGE = "message"
-# Columns the tagging outputs add: a manifest column of the same name would be overwritten.
-RESERVED_COLUMNS = frozenset(
-    {
-        ERROR_CODE,
-        MESSAGE,
-        "model_name",
-        "model_version",
-        "scores",
-        "top_tags",
-        "duration_s",
-        "n_patches",
-        "embedding",
-        "patches",
-    }
-)
 _STRING_TYPES = (pa.string(), pa.large_string())
 _FOOTER_THREADS = 16
 # Rows per read task: a small manifest is read by one task, a big one across the cluster.
@@ -260,12 +243,6 @@ def _check_schema(uri: str, schema: pa.Schema) -> None:
             raise ManifestError(
                 f"manifest {uri}: column {name} must be a string, not {schema.field(name).type}"
             )
-    clashes = sorted(RESERVED_COLUMNS.intersection(schema.names))
-    clashes += [name for name in schema.names if name.startswith("_")]
-    if clashes:
-        raise ManifestError(
-            f"manifest {uri}: column(s) {', '.join(clashes)} are reserved for tagging outputs"
-        )
 
 
 def _describe(schema: pa.Schema) -> str:

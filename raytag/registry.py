@@ -32,6 +32,7 @@ from typing import Any
 import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
+from mlflow.entities import Run
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -49,6 +50,7 @@ from raytag.checkpoint import (
 from raytag.models.inference import predict_track
 from raytag.storage import is_local, local_path
 
+RUN_NAME_TAG = "raytag.run_name"  # the Ray Train run name, on the MLflow run that tracks it
 ARTIFACT_KEY = "raytag"  # the model folder inside the MLflow model: artifacts/raytag/
 _MODEL_CODE_FILE = "raytag_pyfunc.py"
 _MODEL_CODE = '''"""A raytag model as an MLflow pyfunc, logged from code: nothing is pickled."""
@@ -197,6 +199,18 @@ def list_versions(name: str | None = None) -> list[dict[str, Any]]:
                 }
             )
     return sorted(rows, key=lambda row: (row["name"], -row["version"]))
+
+
+def find_runs(experiment: str, run_name: str) -> list[Run]:
+    """The MLflow runs of ``experiment`` tagged with the Ray Train ``run_name``, newest first:
+    how a resumed fit finds the run to log into, and a watcher the run to follow."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    )
 
 
 def log_config(config: Mapping[str, Any]) -> dict[str, str]:

@@ -12,9 +12,9 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -34,49 +34,100 @@ from raytag.config import AudioConfig
 from raytag.models import Tagger, build_model, model_from_config
 from raytag.models.inference import bf16_autocast, model_process_env
 from raytag.patching import random_crops, split_patches
+from raytag.settings import json_pairs, setting
+
+if TYPE_CHECKING:
+    from raytag.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.pt"
 
 
+def read_vocabulary(option: str | None) -> tuple[str, ...] | None:
+    """``--vocabulary``: 'demo' (the demo catalogue's tags), a JSON list file, or None."""
+    if option is None:
+        return None
+    if option == "demo":
+        from raytag.catalogue import VOCABULARY
+
+        return VOCABULARY
+    with open(option) as f:
+        return tuple(json.load(f))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; logged to MLflow as params."""
+    """Everything a training run depends on; logged to MLflow as params. Each field is an
+    option of ``raytag train`` (:mod:`raytag.settings`)."""
 
-    manifest: str
-    model: str = "spectrogram-small"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    # Start from this model's architecture, weights and patch settings instead of a fresh
-    # ``model``: models:/NAME@ALIAS, runs:/..., or a model folder (see initial_model).
-    init_from: str | None = None
-    freeze_encoder: bool = False  # train only the dense head (transfer learning)
-    vocabulary: tuple[str, ...] | None = None  # None: sorted union of the manifest's tags
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    early_stopping_patience: int = 5  # epochs without a better validation loss
-    lr_decay_factor: float = 0.2  # learning-rate decay on a validation-loss plateau
-    lr_patience: int = 2
-    patches_per_track: int = 1  # random training patches per track per epoch
-    shuffle_buffer: int = 256  # training patches shuffled locally on each worker (0: off)
-    val_patches_per_track: int = 3  # evenly spaced, fixed validation patches
-    patch_seconds: float = 3.0
-    cache_decoded: bool = True  # keep decoded audio in the object store between epochs
-    num_workers: int = 1
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    mixed_precision: bool = True  # bf16 autocast on GPU
-    # bf16 autocast on CPU workers too (opt-in): likely slower on CPUs without bf16 dot
-    # products (AVX512-BF16, AMX; not measured); even with them, a training step of
-    # spectrogram-small-semitone ran no faster than float32 here (docs/benchmarks.md,
-    # training throughput).
-    cpu_bf16: bool = False
-    storage_path: str = "runs"
-    run_name: str = "raytag"
-    max_failures: int = 3
-    keep_checkpoints: int = 2  # the best ones by validation loss (their metrics stay too)
-    seed: int = 0
+    manifest: str = setting(help="Labelled Parquet manifest (local or s3://).")
+    model: str = setting("spectrogram-small", "Model preset.")
+    model_overrides: dict[str, Any] = setting(
+        factory=dict,
+        help="Model config override key=value, the value as JSON where it parses; repeatable.",
+        flag="--set",
+        parse=json_pairs,
+        multiple=True,
+    )
+    # See initial_model.
+    init_from: str | None = setting(
+        None,
+        "Start from this model (models:/NAME@ALIAS, runs:/..., a folder) instead of a fresh "
+        "--model: its architecture, weights and patch settings; shared tags keep their outputs.",
+    )
+    freeze_encoder: bool = setting(
+        False, "Train only the dense head on the frozen encoder (transfer learning)."
+    )
+    vocabulary: tuple[str, ...] | None = setting(
+        None,
+        "'demo' (the demo catalogue's tags), a JSON list file, or unset for the sorted tags "
+        "of the manifest.",
+        parse=read_vocabulary,
+    )
+    epochs: int = setting(20, "Epochs at most; early stopping may end the run sooner.")
+    batch_size: int = setting(32, "Patches per training step of each worker.")
+    learning_rate: float = setting(1e-3, "Adam's learning rate.")
+    weight_decay: float = setting(0.0, "Adam's weight decay.")
+    early_stopping_patience: int = setting(
+        5, "Epochs without a better validation loss before training stops."
+    )
+    lr_decay_factor: float = setting(
+        0.2, "Factor of the learning rate on a validation-loss plateau."
+    )
+    lr_patience: int = setting(2, "Epochs without a better validation loss before it decays.")
+    patches_per_track: int = setting(1, "Random training patches per track per epoch.")
+    shuffle_buffer: int = setting(
+        256, "Training patches mixed in a local shuffle buffer on each worker (0: off)."
+    )
+    val_patches_per_track: int = setting(3, "Evenly spaced, fixed validation patches per track.")
+    patch_seconds: float = setting(
+        3.0,
+        "Length of training crops, validation patches and the patches tracks are scored by "
+        "(stored with the model).",
+    )
+    cache_decoded: bool = setting(
+        True,
+        "Keep decoded audio in Ray's object store between epochs; off: every epoch decodes "
+        "only the crops it trains on, for catalogues larger than the cluster's memory.",
+    )
+    num_workers: int = setting(1, "Ray Train workers.")
+    use_gpu: bool | None = setting(None, "Default: GPUs if the cluster has any.", flag="--gpu")
+    mixed_precision: bool = setting(True, "bf16 autocast on GPU workers.")
+    # Opt-in: likely slower on CPUs without bf16 dot products (AVX512-BF16, AMX; not
+    # measured); even with them, a training step ran no faster than float32 here.
+    cpu_bf16: bool = setting(
+        False,
+        "bf16 autocast on CPU workers too; a training step measured no faster with it "
+        "(docs/benchmarks.md).",
+    )
+    storage_path: str = setting("runs", "Checkpoints (local or s3://).")
+    run_name: str = setting("raytag", "Same name again resumes from its last checkpoint.")
+    max_failures: int = setting(3, "Worker failures to survive.")
+    keep_checkpoints: int = setting(
+        2, "Checkpoints kept: the best by validation loss (every epoch's metrics stay)."
+    )
+    seed: int = setting(0, "Seed of the fresh weights, dropout and the shuffle buffer.")
 
     def audio(self) -> AudioConfig:
         return AudioConfig(patch_seconds=self.patch_seconds)
@@ -539,16 +590,26 @@ def best_checkpoint(result: train.Result) -> Checkpoint:
     return result.checkpoint
 
 
-def _mlflow_run_id(experiment: str, run_name: str) -> str | None:
-    """The MLflow run of an earlier attempt of ``run_name``, so a resumed fit logs into it."""
-    import mlflow
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`run_training` did: the MLflow run, the registered version, the test split's
+    evaluation and where Ray Train kept the checkpoints."""
 
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=f"tags.`raytag.run_name` = '{run_name}'",
-        output_format="list",
-    )
-    return runs[0].info.run_id if runs else None
+    run_id: str
+    epochs: int | None
+    best_val_loss: float | None
+    test_macro_roc_auc: float | None
+    test_macro_pr_auc: float | None
+    model_uri: str
+    registered_model: str | None
+    version: str | None
+    alias: str | None
+    checkpoint_path: str
+    metrics: Evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, keys in field order; ``metrics`` as metrics.json holds it."""
+        return asdict(self) | {"metrics": self.metrics.to_dict()}
 
 
 def run_training(
@@ -557,19 +618,21 @@ def run_training(
     experiment: str = "raytag",
     registered_model: str | None = None,
     alias: str | None = None,
-) -> dict[str, Any]:
+) -> TrainingResult:
     """Fit (or resume), evaluate the best checkpoint on the test split, log everything to
-    MLflow (``MLFLOW_TRACKING_URI``) and register the model. Returns a summary."""
+    MLflow (``MLFLOW_TRACKING_URI``) and register the model."""
     import mlflow
 
     from raytag import registry
     from raytag.evaluate import evaluate_model
 
     mlflow.set_experiment(experiment)
-    run_id = _mlflow_run_id(experiment, config.run_name)
+    # A resumed fit logs into the MLflow run of its earlier attempt.
+    earlier = registry.find_runs(experiment, config.run_name)
+    run_id = earlier[0].info.run_id if earlier else None
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else config.run_name) as run:
         if run_id is None:
-            mlflow.set_tag("raytag.run_name", config.run_name)
+            mlflow.set_tag(registry.RUN_NAME_TAG, config.run_name)
             registry.log_config(asdict(config))
         result = fit(config, mlflow.get_tracking_uri(), run.info.run_id)
         if result.error:
@@ -577,18 +640,20 @@ def run_training(
         with best_checkpoint(result).as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
             loaded = load_model(folder)
             metrics = evaluate_model(loaded, config.manifest, split="test", plots_dir=tmp)
-            registry.log_run_evaluation(metrics, metrics.pop("plots", []))
+            # The plots go in as artifacts beside the JSON, not as paths of a deleted folder.
+            record = metrics.to_dict()
+            registry.log_run_evaluation(record, record.pop("plots", []))
             info = registry.log_model(folder, registered_model_name=registered_model, alias=alias)
-    return {
-        "run_id": run.info.run_id,
-        "epochs": result.metrics.get("epoch"),
-        "best_val_loss": result.metrics.get("best_val_loss"),
-        "test_macro_roc_auc": metrics["macro_roc_auc"],
-        "test_macro_pr_auc": metrics["macro_pr_auc"],
-        "model_uri": info.model_uri,
-        "registered_model": registered_model,
-        "version": info.registered_model_version,
-        "alias": alias,
-        "checkpoint_path": result.path,
-        "metrics": metrics,
-    }
+    return TrainingResult(
+        run_id=run.info.run_id,
+        epochs=result.metrics.get("epoch"),
+        best_val_loss=result.metrics.get("best_val_loss"),
+        test_macro_roc_auc=metrics.macro_roc_auc,
+        test_macro_pr_auc=metrics.macro_pr_auc,
+        model_uri=info.model_uri,
+        registered_model=registered_model,
+        version=info.registered_model_version,
+        alias=alias,
+        checkpoint_path=result.path,
+        metrics=replace(metrics, plots=None),
+    )

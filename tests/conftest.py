@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import RayHead, SeaweedS3, free_port
+from raytag.services import MLflowServer, free_port
+from tests.services import RayHead, SeaweedS3
 
 
 @pytest.fixture(scope="session")
@@ -62,17 +63,15 @@ def ray_local() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServer]:
     """A real MLflow tracking server (mlflow/serve.sh, sqlite, local artifacts) on 127.0.0.1."""
-    from tests.mlflow_service import MLflowServer
-
     server = MLflowServer(tmp_path_factory.mktemp("mlflow")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def mlflow_env(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point this test's MLflow client at the server through MLFLOW_TRACKING_URI only."""
     import mlflow
 

@@ -1,4 +1,5 @@
-"""Real services for tests, started on 127.0.0.1 with free ports and stopped afterwards."""
+"""Test-only real services (S3, a Ray head), started on 127.0.0.1 with free ports and stopped
+afterwards; the MLflow server and the port and HTTP helpers are raytag.services's."""
 
 from __future__ import annotations
 
@@ -6,34 +7,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited early:\n{log.read_text()[-4000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # answering, even if with an error status
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-4000:]}")
+from raytag.services import free_port, wait_http
 
 
 class SeaweedS3:

@@ -156,18 +156,19 @@ def test_downmix_keeps_both_channels_and_other_rates(media) -> None:
         assert abs(resampled.shape[0] - 2 * rate) <= 0.01 * rate
 
 
-def test_real_music_ogg_and_mp3() -> None:
+@pytest.mark.parametrize("path", [SINGULARITY_OGG, ASC_MP3], ids=["ogg", "mp3"])
+def test_real_music_ogg_and_mp3(path: Path) -> None:
     # Installed by the Makefile (singularity-music, asc-music): required, never skipped.
-    assert SINGULARITY_OGG.exists() and ASC_MP3.exists()
-    for path in (SINGULARITY_OGG, ASC_MP3):  # note the space in the OGG's name
-        wave = decode(str(path))
-        # libsndfile (libvorbis, mpg123) decodes independently; its MP3 header length is
-        # only an estimate (0.25 s off here), so count what it actually decodes.
-        reference, rate = sf.read(str(path), dtype="float32")
-        expected = reference.shape[0] / rate
-        assert wave.dtype == np.float32 and wave.ndim == 1
-        assert abs(wave.shape[0] / SR - expected) < 0.1
-        assert np.isfinite(wave).all() and 0.01 < np.sqrt(np.mean(wave**2)) < 0.9
+    # Note the space in the OGG's name.
+    assert path.exists()
+    wave = decode(str(path))
+    # libsndfile (libvorbis, mpg123) decodes independently; its MP3 header length is
+    # only an estimate, so count what it actually decodes.
+    reference, rate = sf.read(str(path), dtype="float32")
+    expected = reference.shape[0] / rate
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(wave.shape[0] / SR - expected) < 0.1
+    assert np.isfinite(wave).all() and 0.01 < np.sqrt(np.mean(wave**2)) < 0.9
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -279,18 +280,16 @@ def test_too_long_without_header_stops_decoding_at_the_limit(tmp_path, streamed_
     assert code_of(lambda: decode_track(str(cut), AudioConfig(max_seconds=5))) == "too_long"
 
 
-def test_non_finite(tmp_path) -> None:
-    t = np.arange(2 * 44100) / 44100
+@pytest.mark.parametrize(("bad", "rate"), [(np.nan, 44100), (np.inf, 22050)])
+def test_non_finite(tmp_path, bad: float, rate: int) -> None:
+    """A NaN or infinite sample anywhere, also once resampled to 16 kHz."""
+    t = np.arange(2 * rate) / rate
     wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    wave[30_000] = np.nan
-    sf.write(tmp_path / "nan.wav", wave, 44100, subtype="FLOAT")  # resampled to 16 kHz
-    wave[30_000] = np.inf
-    sf.write(tmp_path / "inf.wav", wave[::2], 22050, subtype="FLOAT")
-    for name in ("nan.wav", "inf.wav"):
-        assert code_of(lambda n=name: decode(str(tmp_path / n))) == "non_finite"
-        assert code_of(lambda n=name: decode_patches(str(tmp_path / n), AudioConfig())) == (
-            "non_finite"
-        )
+    wave[rate // 2] = bad
+    path = str(tmp_path / "bad.wav")
+    sf.write(path, wave, rate, subtype="FLOAT")
+    assert code_of(lambda: decode(path)) == "non_finite"
+    assert code_of(lambda: decode_patches(path, AudioConfig())) == "non_finite"
 
 
 def test_read_failed_on_a_directory(tmp_path) -> None:
@@ -407,13 +406,13 @@ def test_decode_patches_all(media) -> None:
     )
 
 
-def test_decode_patches_zero_pads_a_short_track(media) -> None:
+@pytest.mark.parametrize("max_patches", [None, 4])
+def test_decode_patches_zero_pads_a_short_track(media, max_patches: int | None) -> None:
     path = media("two-seconds.flac", *sine_args(44100, 2))
-    for k in (None, 4):
-        track = decode_patches(str(path), AudioConfig(max_patches=k))
-        assert track.patches.shape == (1, 3 * SR) and track.duration_s == pytest.approx(2.0)
-        assert np.abs(track.patches[0, : 2 * SR - 100]).max() > 0.05
-        assert not track.patches[0, 2 * SR :].any()
+    track = decode_patches(str(path), AudioConfig(max_patches=max_patches))
+    assert track.patches.shape == (1, 3 * SR) and track.duration_s == pytest.approx(2.0)
+    assert np.abs(track.patches[0, : 2 * SR - 100]).max() > 0.05
+    assert not track.patches[0, 2 * SR :].any()
 
 
 def test_decode_patches_k_windows_match_the_full_decode(long_ogg) -> None:

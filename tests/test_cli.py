@@ -1,12 +1,35 @@
-"""The `raytag` command as a user runs it: a real subprocess of the installed script."""
+"""The `raytag` command as a user runs it (a real subprocess of the installed script), and
+the options generated from the settings dataclasses, parsed without running anything."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from raytag.catalogue import VOCABULARY
+from raytag.cli import main, tag_command, train_command
+from raytag.settings import (
+    SettingsCommand,
+    add_arguments,
+    build,
+    json_pairs,
+    none_if_zero,
+    options,
+    setting,
+)
+from raytag.tagging import TagOptions
+from raytag.train import TrainConfig
 
 SINGULARITY = Path("/usr/share/games/singularity/music")
 
@@ -59,3 +82,140 @@ def test_catalogue_synth_then_check(tmp_path: Path) -> None:
     broken = raytag("catalogue", "check", str(out))
     assert broken.returncode == 1
     assert "MIDI unreadable" in broken.stderr
+
+
+# -- options generated from the settings dataclasses (raytag.settings) -----------------------
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every kind of field the generator turns into an option."""
+
+    source: str = setting(help="Required: no default.")
+    count: int = setting(4, "An int.")
+    limit: int | None = setting(8, "0 on the command line: None.", parse=none_if_zero)
+    ratio: float | None = setting(None, "Automatic when unset.")
+    loud: bool = setting(False, "A switch.")
+    use_gpu: bool | None = setting(None, "Three states.", flag="--gpu")
+    extra: dict[str, Any] = setting(factory=dict, help="Pairs.", parse=json_pairs, multiple=True)
+
+
+KNOB_LINES = {  # command line -> the Knobs it gives
+    "--source s": Knobs("s"),
+    "--source s --count 2 --limit 0 --ratio 0.5 --loud --no-gpu": Knobs(
+        "s", count=2, limit=None, ratio=0.5, loud=True, use_gpu=False
+    ),
+    "--source s --gpu --no-loud --extra n=3 --extra name=x --extra xs=[1,2]": Knobs(
+        "s", use_gpu=True, extra={"n": 3, "name": "x", "xs": [1, 2]}
+    ),
+}
+
+
+def knobs_command() -> click.Command:
+    @click.command(cls=SettingsCommand, settings=f"{__name__}:Knobs")
+    def command(**given: Any) -> None:
+        click.echo(repr(build(Knobs, given)))
+
+    return command
+
+
+@pytest.mark.parametrize("line", KNOB_LINES)
+def test_click_and_argparse_options_parse_to_the_same_settings(line: str) -> None:
+    clicked = knobs_command().make_context("knobs", line.split()).params
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Knobs)
+    assert build(Knobs, clicked) == build(Knobs, vars(parser.parse_args(line.split())))
+    assert build(Knobs, clicked) == KNOB_LINES[line]
+
+
+def test_generated_options_refuse_what_the_fields_refuse() -> None:
+    runner = CliRunner()
+    missing = runner.invoke(knobs_command(), ["--count", "2"])
+    assert missing.exit_code == 2 and "Missing option '--source'" in missing.output
+    bad_pair = runner.invoke(knobs_command(), ["--source", "s", "--extra", "novalue"])
+    assert bad_pair.exit_code == 2 and "'novalue' is not key=value" in bad_pair.output
+    assert runner.invoke(knobs_command(), ["--source", "s", "--count", "x"]).exit_code == 2
+
+    @dataclass(frozen=True)
+    class Unparsable:
+        shape: tuple[int, ...] = setting((1,), "No text form without a parse.")
+
+    with pytest.raises(TypeError, match="needs a parse"):
+        options(Unparsable)
+    with pytest.raises(TypeError, match="no fields"):
+        options(Knobs, defaults={"cuont": 3})
+
+
+def test_argparse_defaults_can_differ_from_the_fields() -> None:
+    """What bench scripts do: the same options, another default where their benchmark needs it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Knobs, exclude=["source"], defaults={"count": 16, "use_gpu": False})
+    given = vars(parser.parse_args([]))
+    assert "source" not in given
+    assert build(Knobs, given, source="s") == Knobs("s", count=16, use_gpu=False)
+
+
+def option_names(help_text: str) -> list[str]:
+    """Every --option a --help lists (both halves of a switch), not those its texts name."""
+    listed = re.findall(r"^  (?:-\w, )?(--[\w-]+)(?: / (--[\w-]+))?", help_text, re.MULTILINE)
+    return [name for names in listed for name in names if name]
+
+
+def field_options(settings: type) -> list[str]:
+    """The --options of a dataclass's fields (both halves of a switch)."""
+    halves = [
+        [o.flag, f"--no-{o.flag[2:]}"] if o.kind is bool else [o.flag] for o in options(settings)
+    ]
+    return [name for names in halves for name in names]
+
+
+INPUTS = {  # the options of a command that are not fields of its settings
+    "tag": ["--manifest", "--model", "--output", "--ray-address"],
+    "train": ["--experiment", "--registered-model", "--alias", "--ray-address"],
+}
+
+
+@pytest.mark.parametrize(("command", "settings"), [("tag", TagOptions), ("train", TrainConfig)])
+def test_help_lists_each_field_once(command: str, settings: type) -> None:
+    listed = option_names(CliRunner().invoke(main, [command, "--help"]).output)
+    assert sorted(listed) == sorted(field_options(settings) + INPUTS[command] + ["--help"])
+
+
+def test_tag_command_line_gives_tag_options() -> None:
+    def parse(*args: str) -> TagOptions:
+        line = ["--manifest", "m", "--model", "x", "--output", "o", *args]
+        return build(TagOptions, tag_command.make_context("tag", line).params)
+
+    assert parse() == TagOptions()
+    assert parse("--max-patches", "0").max_patches is None  # 0: every patch
+    assert parse("--no-bf16", "--gpu", "--decode-tasks", "3", "--cpus-per-actor", "0.5") == (
+        TagOptions(bf16=False, use_gpu=True, decode_tasks=3, cpus_per_actor=0.5)
+    )
+
+
+def test_train_command_line_gives_train_config(tmp_path: Path) -> None:
+    def parse(*args: str) -> TrainConfig:
+        return build(TrainConfig, train_command.make_context("train", [*args]).params)
+
+    assert parse("--manifest", "m") == TrainConfig("m")
+    vocabulary = tmp_path / "tags.json"
+    vocabulary.write_text('["b", "a"]')
+    assert parse(
+        "--manifest", "m", "--set", "dropout=0.1", "--vocabulary", str(vocabulary),
+        "--no-cache-decoded", "--no-gpu", "--epochs", "2",
+    ) == TrainConfig(
+        "m", model_overrides={"dropout": 0.1}, vocabulary=("b", "a"), cache_decoded=False,
+        use_gpu=False, epochs=2,
+    )  # fmt: skip
+    assert parse("--manifest", "m", "--vocabulary", "demo").vocabulary == VOCABULARY
+
+
+def test_every_ray_command_joins_the_cluster_the_same_way() -> None:
+    context = click.Context(main)
+    shared = {
+        name: next(p for p in command.get_params(context) if p.name == "ray_address")
+        for name, command in main.commands.items()
+        if name in ("tag", "train", "verify")
+    }
+    assert len(shared) == 3
+    assert len({(p.opts[0], p.envvar, p.help) for p in shared.values()}) == 1

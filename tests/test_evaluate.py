@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from raytag.cli import main
 from raytag.config import AudioConfig
 from raytag.evaluate import (
     PLOT_FILES,
+    Evaluation,
+    TagMetrics,
     TrackScores,
     compute_metrics,
     evaluate_model,
@@ -31,31 +34,39 @@ from raytag.models import build_model
 from raytag.tagging import tag_catalogue
 
 VOCABULARY = ["tone", "noise", "never"]
+# metrics.json's keys, in order, as `raytag evaluate` has always written them.
+METRICS_KEYS = ["macro_roc_auc", "macro_pr_auc", "n_tracks", "n_tags", "n_tags_scored",
+                "per_tag", "model", "manifest", "split", "errors", "unknown_tags"]  # fmt: skip
 
 
 def test_perfect_and_inverted_scores() -> None:
     y_true = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
     perfect = compute_metrics(y_true, y_true.astype(float), ["a", "b"])
-    assert perfect["macro_roc_auc"] == 1.0 and perfect["macro_pr_auc"] == 1.0
+    assert perfect.macro_roc_auc == 1.0 and perfect.macro_pr_auc == 1.0
 
     # Every negative above every positive, no ties: positives come 3rd and 4th, so
     # precision is 1/3 at recall 0.5 and 2/4 at recall 1.
     ranks = np.array([[0.1, 0.9], [0.9, 0.1], [0.2, 0.8], [0.8, 0.2]])
     inverted = compute_metrics(y_true, ranks, ["a", "b"])
-    assert inverted["macro_roc_auc"] == 0.0
-    assert inverted["macro_pr_auc"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert inverted.macro_roc_auc == 0.0
+    assert inverted.macro_pr_auc == pytest.approx((1 / 3 + 2 / 4) / 2)
 
     mixed = compute_metrics(y_true, np.stack([y_true[:, 0], 1 - y_true[:, 1]], 1), ["a", "b"])
-    assert mixed["macro_roc_auc"] == pytest.approx(0.5)
-    assert [row["roc_auc"] for row in mixed["per_tag"]] == [1.0, 0.0]
+    assert mixed.macro_roc_auc == pytest.approx(0.5)
+    assert [row.roc_auc for row in mixed.per_tag] == [1.0, 0.0]
 
 
 def test_tags_without_both_classes_are_null_with_a_reason() -> None:
     y_true = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]])
     y_score = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.8, 0.2, 0.5]])
     metrics = compute_metrics(y_true, y_score, ["a", "none", "all"])
-    rows = {row["tag"]: row for row in metrics["per_tag"]}
-    assert rows["none"] == {
+    rows = {row.tag: row for row in metrics.per_tag}
+    assert rows["none"] == TagMetrics("none", 0, 3, reason="no positive tracks")
+    assert rows["all"].reason == "no negative tracks" and rows["all"].roc_auc is None
+    assert rows["a"].reason is None
+    assert metrics.macro_roc_auc == 1.0  # only "a" counts
+    assert (metrics.n_tracks, metrics.n_tags, metrics.n_tags_scored) == (3, 3, 1)
+    assert metrics.to_dict()["per_tag"][1] == {
         "tag": "none",
         "n_positive": 0,
         "n_negative": 3,
@@ -63,14 +74,10 @@ def test_tags_without_both_classes_are_null_with_a_reason() -> None:
         "pr_auc": None,
         "reason": "no positive tracks",
     }
-    assert rows["all"]["reason"] == "no negative tracks" and rows["all"]["roc_auc"] is None
-    assert rows["a"]["reason"] is None
-    assert metrics["macro_roc_auc"] == 1.0  # only "a" counts
-    assert (metrics["n_tracks"], metrics["n_tags"], metrics["n_tags_scored"]) == (3, 3, 1)
 
     empty = compute_metrics(np.zeros((0, 2)), np.zeros((0, 2)), ["a", "b"])
-    assert empty["macro_roc_auc"] is None and empty["macro_pr_auc"] is None
-    json.dumps(empty, allow_nan=False)
+    assert empty.macro_roc_auc is None and empty.macro_pr_auc is None
+    json.dumps(empty.to_dict(), allow_nan=False)
 
 
 def test_shape_mismatch_is_an_error() -> None:
@@ -147,28 +154,28 @@ def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path:
     loaded = LoadedModel(model, VOCABULARY, AudioConfig(max_patches=1), "untrained", "0")
     metrics = evaluate_model(loaded, catalogue["manifest"], split="test", plots_dir=tmp_path)
 
-    assert {"macro_roc_auc", "macro_pr_auc", "per_tag", "errors", "plots"} <= metrics.keys()
-    assert metrics["n_tracks"] == 3  # 4 test rows, one does not decode; train is left out
-    assert [row["tag"] for row in metrics["per_tag"]] == VOCABULARY
-    assert set(metrics["per_tag"][0]) == {
-        "tag",
-        "n_positive",
-        "n_negative",
-        "roc_auc",
-        "pr_auc",
-        "reason",
-    }
-    tone, noise, never = metrics["per_tag"]
-    assert (tone["n_positive"], tone["n_negative"]) == (2, 1)
-    assert (noise["n_positive"], noise["n_negative"]) == (2, 1)
-    assert never["roc_auc"] is None and never["reason"] == "no positive tracks"
-    assert 0.0 <= metrics["macro_roc_auc"] <= 1.0
-    assert [e["track_id"] for e in metrics["errors"]] == ["empty-d"]
-    assert metrics["errors"][0]["error_code"] == "empty"
-    assert metrics["unknown_tags"] == ["not-in-vocabulary"]
-    assert metrics["model"] == {"name": "untrained", "version": "0"}
-    assert sorted(Path(p).name for p in metrics["plots"]) == sorted(PLOT_FILES)
-    json.dumps(metrics, allow_nan=False)
+    assert metrics.n_tracks == 3  # 4 test rows, one does not decode; train is left out
+    assert [row.tag for row in metrics.per_tag] == VOCABULARY
+    tone, noise, never = metrics.per_tag
+    assert (tone.n_positive, tone.n_negative) == (2, 1)
+    assert (noise.n_positive, noise.n_negative) == (2, 1)
+    assert never.roc_auc is None and never.reason == "no positive tracks"
+    assert 0.0 <= metrics.macro_roc_auc <= 1.0
+    assert [e["track_id"] for e in metrics.errors] == ["empty-d"]
+    assert metrics.errors[0]["error_code"] == "empty"
+    assert metrics.unknown_tags == ("not-in-vocabulary",)
+    assert metrics.model == {"name": "untrained", "version": "0"}
+    assert sorted(Path(p).name for p in metrics.plots) == sorted(PLOT_FILES)
+    assert metrics.predictions is None
+
+    # metrics.json: these keys in this order; plots only when written, read back unchanged.
+    record = metrics.to_dict()
+    assert list(record) == [*METRICS_KEYS, "plots"]
+    assert list(record["per_tag"][0]) == ["tag", "n_positive", "n_negative", "roc_auc",
+                                          "pr_auc", "reason"]  # fmt: skip
+    json.dumps(record, allow_nan=False)
+    assert Evaluation.from_dict(json.loads(json.dumps(record))) == metrics
+    assert list(replace(metrics, plots=None).to_dict()) == METRICS_KEYS
 
     assert len(read_labelled_tracks(catalogue["manifest"])) == 5  # no split: every row
 
@@ -193,6 +200,7 @@ def test_cli_writes_metrics_json(catalogue: dict[str, str], tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(output.read_text())
+    assert list(metrics) == [*METRICS_KEYS, "plots"]
     assert metrics["n_tracks"] == 3 and len(metrics["per_tag"]) == len(VOCABULARY)
     assert metrics["model"]["name"] == "untrained"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(PLOT_FILES)
@@ -214,7 +222,7 @@ def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> 
     model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
     loaded = LoadedModel(model, VOCABULARY, AudioConfig(), "untrained", "0")
     metrics = evaluate_model(loaded, f"{s3_bucket}/manifest.parquet", split="test")
-    assert metrics["n_tracks"] == 3 and metrics["errors"] == []
+    assert metrics.n_tracks == 3 and metrics.errors == ()
 
 
 # -- metrics from a tagging run's predictions --------------------------------------------
@@ -256,13 +264,14 @@ def test_a_tagging_runs_scores_give_the_metrics_of_scoring_here(
 
     metrics = evaluate_predictions(tagged, catalogue["manifest"], split="test", plots_dir=tmp_path)
     expected = evaluate_model(loaded, catalogue["manifest"], split="test")
-    for got, want in zip(metrics["per_tag"], expected["per_tag"], strict=True):
-        assert got["tag"] == want["tag"] and got["reason"] == want["reason"]
-        assert got["roc_auc"] == pytest.approx(want["roc_auc"])
-        assert got["pr_auc"] == pytest.approx(want["pr_auc"])
-    assert metrics["n_tracks"] == 3 and metrics["model"] == expected["model"]
-    assert metrics["predictions"] == tagged
-    assert sorted(Path(p).name for p in metrics["plots"]) == sorted(PLOT_FILES)
+    for got, want in zip(metrics.per_tag, expected.per_tag, strict=True):
+        assert got.tag == want.tag and got.reason == want.reason
+        assert got.roc_auc == pytest.approx(want.roc_auc)
+        assert got.pr_auc == pytest.approx(want.pr_auc)
+    assert metrics.n_tracks == 3 and metrics.model == expected.model
+    assert metrics.predictions == tagged
+    assert sorted(Path(p).name for p in metrics.plots) == sorted(PLOT_FILES)
+    assert list(metrics.to_dict())[-2:] == ["plots", "predictions"]
 
 
 def test_cli_evaluates_predictions_and_wants_one_source(
@@ -273,6 +282,7 @@ def test_cli_evaluates_predictions_and_wants_one_source(
     result = CliRunner().invoke(main, [*args, "--predictions", tagged])
     assert result.exit_code == 0, result.output
     metrics = json.loads(output.read_text())
+    assert list(metrics) == [*METRICS_KEYS, "predictions"]
     assert metrics["n_tracks"] == 4  # no split: the train row too; the empty file is an error
     assert [e["track_id"] for e in metrics["errors"]] == ["empty-d"]
 

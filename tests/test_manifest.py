@@ -60,7 +60,6 @@ BAD_MANIFESTS = {
         {"a.parquet": ROWS, "b.parquet": [{"track_id": "x", "uri": "/b.wav"}]},
         "all files must share one schema",
     ),
-    "reserved-column": ({"a.parquet": [{**ROWS[0], "scores": 1.0}]}, "scores are reserved"),
     "no-rows": ({"a.parquet": pa.Table.from_pylist([], schema=KEYS)}, "has no rows"),
 }
 

@@ -21,7 +21,7 @@ from raytag.config import AudioConfig
 from raytag.evaluate import compute_metrics, write_plots
 from raytag.models import build_model
 from raytag.models.inference import predict_track
-from tests.mlflow_service import MLflowServer
+from raytag.services import MLflowServer
 
 VOCABULARY = ["piano", "drums", "r&b vocals"]
 AUDIO = AudioConfig(max_patches=4)
@@ -127,16 +127,30 @@ def test_log_run_evaluation_and_config(mlflow_env: str, tmp_path: Path) -> None:
     plots = write_plots(metrics, y_true, y_score, tmp_path)
     with mlflow.start_run(experiment_id=_experiment()) as run:
         params = registry.log_config({"model": {"name": "spectrogram-small", "lr": 1e-3}})
-        registry.log_run_evaluation(metrics, plots)
+        registry.log_run_evaluation(metrics.to_dict(), plots)
 
     client = MlflowClient()
     data = client.get_run(run.info.run_id).data
     assert data.params == params == {"model.name": "spectrogram-small", "model.lr": "0.001"}
-    assert data.metrics["test_macro_roc_auc"] == pytest.approx(metrics["macro_roc_auc"])
-    assert data.metrics["test_pr_auc/drums"] == pytest.approx(metrics["per_tag"][1]["pr_auc"])
+    assert data.metrics["test_macro_roc_auc"] == pytest.approx(metrics.macro_roc_auc)
+    assert data.metrics["test_pr_auc/drums"] == pytest.approx(metrics.per_tag[1].pr_auc)
     assert "test_roc_auc/r_b vocals" not in data.metrics  # no positives: no value to log
     listed = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation/test")}
     assert listed == {f"evaluation/test/{n}" for n in ["metrics.json", *(p.name for p in plots)]}
+
+
+def test_find_runs_by_ray_train_run_name(mlflow_env: str) -> None:
+    experiment = f"runs-{uuid.uuid4().hex[:8]}"
+    assert registry.find_runs(experiment, "fit") == []  # no such experiment yet
+    mlflow.set_experiment(experiment)
+    started = []
+    for run_name in ("fit", "other", "fit"):
+        with mlflow.start_run() as run:
+            mlflow.set_tag(registry.RUN_NAME_TAG, run_name)
+        started.append(run.info.run_id)
+    found = [run.info.run_id for run in registry.find_runs(experiment, "fit")]
+    assert found == [started[2], started[0]]  # newest first
+    assert registry.find_runs(experiment, "never") == []
 
 
 def test_cli_registry_commands(mlflow_env: str, tmp_path: Path) -> None:
@@ -180,7 +194,8 @@ def s3_mlflow(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
     storage.mkdir(bucket)
     workdir = tmp_path_factory.mktemp("mlflow-s3")
-    server = MLflowServer(workdir, f"s3://{bucket}/artifacts", s3_server.env).launch()
+    server = MLflowServer(workdir, artifacts=f"s3://{bucket}/artifacts", env=s3_server.env)
+    server.launch()
     yield server, storage, bucket
     server.stop()
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +37,8 @@ from raytag.manifest import ManifestError, open_manifest
 from raytag.models import build_model
 from raytag.models.inference import predict_patches
 from raytag.storage import arrow_filesystem, filesystem
-from raytag.tagging import (
-    ERRORS,
-    PREDICTIONS,
-    TagError,
-    TagOptions,
-    output_files,
-    prediction_schema,
-    tag_catalogue,
-    verify,
-)
+from raytag.tagging import TagError, TagOptions, tag_catalogue, verify
+from raytag.tagging.output import ERRORS, PREDICTIONS, output_files, prediction_schema
 from tests.services import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +207,9 @@ def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run
     predictions, errors = assert_exactly_once(catalogue, output)
     assert len(predictions) == catalogue.taggable
 
-    assert predictions.schema == prediction_schema(open_manifest(catalogue.manifest), OPTIONS)
+    assert predictions.schema == prediction_schema(
+        open_manifest(catalogue.manifest), OPTIONS.embedding
+    )
     assert errors.schema.names == ["track_id", "uri", "error_code", "message"]
     codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
     assert codes == EXPECTED_ERRORS
@@ -338,9 +332,9 @@ def test_a_big_manifest_runs_as_several_executions(
     into decode blocks at 1 CPU beside the model pool: with the default layout the pool
     stays whole and leaves it that CPU; with actors reserving too much for that (flagged
     by ``may_stall``) the pool shrinks when idle and the run still ends."""
-    import raytag.tagging
+    from raytag.tagging import reconcile
 
-    monkeypatch.setattr(raytag.tagging, "_ROWS_PER_BUCKET", 4)  # 6 buckets for 21 rows
+    monkeypatch.setattr(reconcile, "_ROWS_PER_BUCKET", 4)  # 6 buckets for 21 rows
     output = str(tmp_path / "tags")
     options = replace(OPTIONS, rows_per_execution=6, **layout)
     assert options.resolved({"CPU": 2.0}).may_stall(2.0) == bool(layout)
@@ -354,24 +348,26 @@ def test_a_big_manifest_runs_as_several_executions(
     assert summary.record["attempts"][0]["options"]["rows_per_execution"] == 6
 
 
-def test_refuses_another_models_output_and_bad_manifests(catalogue, local_run, tmp_path) -> None:
+def test_refuses_another_models_output(catalogue, local_run, tmp_path) -> None:
     other = tiny_model(tmp_path / "other", "4")
     with pytest.raises(TagError, match="holds a run of tiny-tagger version 3"):
         tag_catalogue(catalogue.manifest, other, local_run[0], OPTIONS)
 
+
+BAD_MANIFESTS = {
+    "lacks column": {"track_id": "x", "path": "/a.wav"},
+    "scores are reserved": {"track_id": "x", "uri": "/a.wav", "scores": 1.0},
+    "_side are reserved": {"track_id": "x", "uri": "/a.wav", "_side": "manifest"},
+}
+
+
+@pytest.mark.parametrize("message", BAD_MANIFESTS)
+def test_refuses_bad_manifests_before_any_work(catalogue, tmp_path, message: str) -> None:
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist([{"track_id": "x", "path": "/a.wav"}]), bad)
-    with pytest.raises(ManifestError, match="lacks column"):
+    pq.write_table(pa.Table.from_pylist([BAD_MANIFESTS[message]]), bad)
+    with pytest.raises(ManifestError, match=message):
         tag_catalogue(str(bad), catalogue.model, str(tmp_path / "never"), OPTIONS)
     assert not (tmp_path / "never").exists()
-
-
-def test_cli_defaults_are_the_tag_options_defaults() -> None:
-    from raytag.cli import tag_command
-
-    defaults = asdict(TagOptions())
-    shown = {p.name: p.default for p in tag_command.params if p.name in defaults}
-    assert shown == defaults
 
 
 def test_automatic_options_fit_the_cluster() -> None:
@@ -436,7 +432,7 @@ def test_compiled_model_scores_like_the_eager_model(catalogue: Catalogue) -> Non
 def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catalogue) -> None:
     """--cpu-bf16 reaches the model actors' forwards (the scores move, as bf16 moves them)
     and keeps them within what bf16 costs; without it a CPU actor runs float32 exactly."""
-    from raytag.tagging import TagPredictor
+    from raytag.tagging.stages import TagPredictor
 
     loaded = load_model(catalogue.model)
     patches = np.random.default_rng(0).standard_normal((11, 48_000)).astype(np.float32)
@@ -599,10 +595,10 @@ def test_s3_in_and_out_with_credentials_from_the_environment(
     with fs.open(f"{s3_bucket}/labels.parquet", "wb") as f:
         pq.write_table(pa.Table.from_pylist([{**r, "uri": ""} for r in labels]), f)
     metrics = evaluate_predictions(output, f"{s3_bucket}/labels.parquet")
-    assert metrics["n_tracks"] == len(rows) - 3 and len(metrics["per_tag"]) == len(VOCABULARY)
-    errors = {e["track_id"]: e["error_code"] for e in metrics["errors"]}
+    assert metrics.n_tracks == len(rows) - 3 and len(metrics.per_tag) == len(VOCABULARY)
+    errors = {e["track_id"]: e["error_code"] for e in metrics.errors}
     assert errors == {"missing": "not_found", "null-uri": "null_uri", "corrupt": "undecodable"}
-    assert metrics["per_tag"][0]["roc_auc"] is not None
+    assert metrics.per_tag[0].roc_auc is not None
 
 
 @pytest.mark.slow

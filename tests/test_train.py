@@ -55,8 +55,13 @@ def test_training_learns_and_registers_in_mlflow(
     summary = run_training(
         config, experiment="train-test", registered_model="tagger", alias="champion"
     )
-    assert summary["epochs"] == 10
-    assert summary["version"] == "1"
+    assert summary.epochs == 10
+    assert summary.version == "1"
+    assert list(summary.to_dict()) == [  # what `raytag train` prints, less the metrics
+        "run_id", "epochs", "best_val_loss", "test_macro_roc_auc", "test_macro_pr_auc",
+        "model_uri", "registered_model", "version", "alias", "checkpoint_path", "metrics",
+    ]  # fmt: skip
+    assert "plots" not in summary.to_dict()["metrics"]  # logged as artifacts, not paths
 
     # The registered champion is the trained model, and it learnt: held-out tracks of another
     # seed are told apart on the tags that are easy to hear.
@@ -65,12 +70,12 @@ def test_training_learns_and_registers_in_mlflow(
     heldout = synthesize(str(tmp_path / "heldout"), 100, seed=4, duration_s=6.0,
                          splits=(0.0, 0.0, 1.0))  # fmt: skip
     metrics = evaluate_model(loaded, heldout, split="test")
-    auc = {row["tag"]: row["roc_auc"] for row in metrics["per_tag"]}
+    auc = {row.tag: row.roc_auc for row in metrics.per_tag}
     assert auc["loud"] >= 0.9 and auc["quiet"] >= 0.9, auc
     assert (auc["high_register"] + auc["low_register"]) / 2 >= 0.70, auc
 
     client = mlflow.MlflowClient()
-    run = client.get_run(summary["run_id"])
+    run = client.get_run(summary.run_id)
     assert run.data.params["model"] == "spectrogram-small"
     assert run.data.params["epochs"] == "10"
     history = client.get_metric_history(run.info.run_id, "val_loss")

@@ -1,0 +1,38 @@
+"""The whole product on one machine (``raytag demo``, ``make demo``).
+
+Starts a local MLflow server (mlflow/serve.sh: sqlite and local artifacts under the
+workdir, on 127.0.0.1) and a local Ray; generates the labelled demo catalogue; trains a
+CPU-sized model with Ray Train, evaluates it on the held-out split, registers it and
+points ``@champion`` at it; tags the catalogue, real full-length music from a Debian
+package and two deliberately broken inputs with ``models:/...@champion`` through the
+Ray Data job; and returns a report. It calls the library, never the ``raytag`` command.
+
+A second run reuses what exists: the catalogue (``synthesize`` is idempotent), the
+champion when it was trained with the same settings on the same catalogue (its MLflow
+run carries a fingerprint of them; ``retrain=True`` trains anew) and, with that champion,
+the tagging output (the tagging job resumes, so nothing is left to tag). An interrupted
+training resumes from its last epoch checkpoint.
+
+    run        the steps in order: services up, catalogue, champion, tagging, report
+    settings   DemoSettings, the sizes and knobs a run is made with
+    champion   train, evaluate and register the model, or reuse the matching champion
+    tag        tag the catalogue, real music and broken inputs with the champion
+    report     DemoReport, written to report.json, and format_report, as a person reads it
+    progress   what the demo says while it runs
+"""
+
+from raytag.demo.champion import ALIAS, FINGERPRINT_TAG, REGISTERED_MODEL
+from raytag.demo.report import DemoReport, format_report
+from raytag.demo.run import DEFAULT_WORKDIR, run_demo
+from raytag.demo.settings import DemoSettings
+
+__all__ = [
+    "ALIAS",
+    "DEFAULT_WORKDIR",
+    "FINGERPRINT_TAG",
+    "REGISTERED_MODEL",
+    "DemoReport",
+    "DemoSettings",
+    "format_report",
+    "run_demo",
+]

@@ -1,0 +1,24 @@
+"""What a demo builds: the catalogue, the model and how it tags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raytag.settings import setting
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's sizes and knobs, recorded in its report; each field is an option of
+    ``raytag demo`` (:mod:`raytag.settings`). A run with other settings trains a new
+    champion; with the same ones it reuses what an earlier run made."""
+
+    n_tracks: int = setting(300, "Labelled tracks.", flag="--tracks")
+    duration_s: float = setting(8.0, "Seconds each.", flag="--duration")
+    epochs: int = setting(15, "Training epochs at most.")
+    model: str = setting("spectrogram-small", "Model preset.")
+    batch_size: int = setting(16, "Patches per training step.")
+    patches_per_track: int = setting(2, "Random training patches per track per epoch.")
+    real_tracks: int = setting(8, "Real music tracks to tag.")
+    max_patches: int = setting(8, "Patches per tagged track.")
+    seed: int = setting(0, "Seed of the catalogue and the training.")

@@ -1,0 +1,171 @@
+"""The tagging job: a Parquet manifest in, Parquet predictions and errors out, exactly once.
+
+    open_manifest            check files and schema before any work
+    pending_rows             pair the manifest with --output: only rows without an output
+                             row are tagged (a rerun resumes), bad rows become error rows
+    decode   (CPU)           URI -> 16 kHz mono patches         stages.decode_batch/Decoder
+    predict  (GPU or CPU)    patches -> scores, top tags        stages.TagPredictor
+    write                    predictions/ + errors/ Parquet     stages.TagSink
+    verify                   every manifest row in exactly one output row, or the run fails
+
+A big manifest is tagged as consecutive Ray Data executions of about
+``TagOptions.rows_per_execution`` pending rows each (whole reconciliation buckets), so the
+driver never holds Ray Data's per-block bookkeeping for more than one of them.
+
+Rerun only once an interrupted run is gone, workers included: a write it still had in
+flight could land after the rerun's pairing, and the final verify would then fail the run
+on the duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import ray
+import ray.data
+
+from raytag.config import AudioConfig
+from raytag.manifest import open_manifest
+from raytag.tagging.options import TagOptions
+from raytag.tagging.output import check_manifest_columns, prediction_schema, write_run
+from raytag.tagging.reconcile import (
+    IncompleteRunError,
+    bucket_count,
+    pending_part,
+    pending_rows,
+    verify_manifest,
+)
+from raytag.tagging.record import RunSummary, attempt_record, run_record, start_run
+from raytag.tagging.stages import Decoder, TagPredictor, TagSink, decode_batch
+
+if TYPE_CHECKING:
+    from raytag.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Writing is I/O bound and must not queue behind decode tasks for a CPU slot: results
+# would only land at the end, and a killed run would lose them. Their number is bounded
+# by what the model actors produce.
+_WRITE_CPUS = 0
+
+
+def tag_catalogue(
+    manifest_uri: str, model_uri: str, output: str, options: TagOptions | None = None
+) -> RunSummary:
+    """Tag every manifest row not yet in ``output``, verify exactly-once, write ``_run.json``.
+
+    Raises ManifestError or TagError before any work, IncompleteRunError at the end when
+    a row is missing or written twice.
+    """
+    options = options or TagOptions()
+    started = time.time()
+    manifest = open_manifest(manifest_uri)
+    check_manifest_columns(manifest)
+    model = resolve_model(model_uri)
+    audio = replace(model.audio, max_patches=options.max_patches)
+    earlier = start_run(output, manifest, model_uri, model, started)
+
+    unmatched, n_pending = pending_rows(manifest, output)
+    sink = TagSink(
+        output, prediction_schema(manifest, options.embedding).names, options.rows_per_file
+    )
+    phases = {"plan_s": time.time() - started}
+    if n_pending:
+        cluster = ray.cluster_resources()
+        options = options.resolved(cluster)
+        steady_pool = not options.may_stall(cluster.get("CPU", 0))
+        # Whole buckets per execution, so each bucket's copies of a track_id stay together.
+        parts = min(-(-n_pending // options.rows_per_execution), bucket_count(manifest))
+        for part in range(parts):
+            if parts > 1:
+                log.info("tagging part %d of %d of %d pending rows", part + 1, parts, n_pending)
+            sink.part = part
+            rows = pending_part(unmatched, manifest.normalised_schema, part, parts)
+            tag_rows(rows, sink, model, audio, options, steady_pool)
+    phases["tag_s"] = time.time() - started - phases["plan_s"]
+
+    report = verify_manifest(manifest, output)
+    phases["verify_s"] = time.time() - started - phases["plan_s"] - phases["tag_s"]
+    attempt = attempt_record(started, sink.written, options, phases)
+    summary = RunSummary(
+        record=run_record(manifest, model_uri, model, output, report, [*earlier, attempt]),
+        report=report,
+    )
+    write_run(output, summary.record)
+    if not report.ok:
+        raise IncompleteRunError(report)
+    return summary
+
+
+def tag_rows(
+    rows: ray.data.Dataset,
+    sink: TagSink,
+    model: LoadedModel,
+    audio: AudioConfig,
+    options: TagOptions,
+    steady_pool: bool,
+) -> None:
+    """One Ray Data execution: decode, tag and write ``rows``.
+
+    With ``steady_pool`` the model pool starts at full size and never shrinks by
+    utilisation, only when the inputs are done. With Ray Data's default (shrink at <= 0.5
+    tasks in flight per actor) a pool lost an actor whenever decoding lagged for a moment
+    and started a fresh process, loading the model again, seconds later
+    (docs/benchmarks.md). Only where the layout leaves the 1-CPU split a whole CPU beside
+    the full pool (not ``may_stall``): elsewhere the pool grows from one actor and
+    shrinking is what lets the split run.
+    """
+    from raytag.models.inference import model_process_env
+
+    if steady_pool:
+        rows.context.autoscaling_config = replace(
+            rows.context.autoscaling_config, actor_pool_util_downscaling_threshold=-1.0
+        )
+    decode, decode_pool = (
+        (Decoder, ray.data.ActorPoolStrategy(size=options.decode_tasks))
+        if options.decode_actors
+        else (decode_batch, ray.data.TaskPoolStrategy(size=options.decode_tasks))
+    )
+    (
+        rows.repartition(target_num_rows_per_block=options.decode_batch_size)
+        .map_batches(
+            decode,
+            fn_kwargs={"audio": audio},
+            batch_size=options.decode_batch_size,
+            batch_format="pyarrow",
+            num_cpus=options.decode_cpus,
+            memory=options.decode_memory_mb * 2**20,
+            compute=decode_pool,
+        )
+        .map_batches(
+            TagPredictor,
+            fn_constructor_kwargs={"model": model, "options": options},
+            batch_size=options.predict_batch_size,
+            batch_format="pyarrow",
+            # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
+            # dead actor and retry its batch on the replacement.
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1,
+                max_size=options.actors,
+                initial_size=options.actors if steady_pool else 1,
+            ),
+            num_cpus=options.cpus_per_actor,
+            num_gpus=1 if options.use_gpu else 0,
+            runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory
+        )
+        .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
+    )
+
+
+def resolve_model(uri: str) -> LoadedModel:
+    """``models:/NAME@ALIAS`` or ``runs:/ID/PATH`` through MLflow, anything else a folder."""
+    if uri.startswith(("models:/", "runs:/")):
+        from raytag import registry
+
+        return registry.load(uri)
+    from raytag.checkpoint import load_model
+
+    return load_model(uri)

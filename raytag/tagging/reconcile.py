@@ -1,0 +1,220 @@
+"""Pair a manifest with what an output already holds: the rows still to tag, and verify.
+
+Rows meet in buckets by a stable hash of ``track_id`` (a hash shuffle on Ray Data, never
+a driver-side set), so every row of a track is in one bucket; there they pair off by
+``(track_id, uri)`` as multisets. A manifest row with no partner is pending; an output
+row with no partner is surplus (written twice, or another manifest's). A rerun tags only
+the pending rows; :func:`verify` is the same pairing, counted.
+
+Every row of a ``track_id`` that appears more than once is an error row
+(``duplicate_track_id``): which of its URIs is meant cannot be known.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from raytag.manifest import TRACK_ID, URI, Manifest, check_rows, open_manifest
+from raytag.tagging.output import (
+    ERROR_CODE,
+    ERRORS,
+    MESSAGE,
+    PREDICTIONS,
+    TagError,
+    count_rows,
+    read_output,
+)
+
+# The side a row comes from, its bucket (a stable hash of its track_id), how many
+# manifest rows share its track_id.
+_SIDE, _BUCKET, _COPIES = "_side", "_bucket", "_copies"
+MANIFEST_SIDE, PREDICTION_SIDE, ERROR_SIDE = "manifest", "prediction", "error"
+_KEY_SCHEMA = pa.schema([(TRACK_ID, pa.string()), (URI, pa.string())])
+# Rows meet in buckets of about this many rows: one Python call per bucket, not per track.
+_ROWS_PER_BUCKET = 2048
+# Hash-shuffle partitions: enough to spread a big manifest, one for a small one (each
+# partition costs a reduce task even when empty).
+_ROWS_PER_PARTITION, _MAX_PARTITIONS = 100_000, 200
+
+
+class IncompleteRunError(RuntimeError):
+    """The run ended without every manifest row in exactly one output row."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        super().__init__(report.describe())
+        self.report = report
+
+
+def pending_rows(manifest: Manifest, output: str) -> tuple[ray.data.Dataset, int]:
+    """Rows of the manifest and ``output`` that do not pair off (materialized), and how
+    many manifest rows are among them: the rows to tag (see :func:`pending_part`).
+
+    Refuses to resume when ``output`` holds rows this manifest does not account for
+    (another manifest, or rows written twice): adding to it could never verify.
+    """
+    unmatched = _unmatched_rows(manifest, output, manifest.normalised_schema).materialize()
+    sides = count_values(unmatched, _SIDE)
+    surplus = sides[PREDICTION_SIDE] + sides[ERROR_SIDE]
+    if surplus:
+        raise TagError(
+            f"{output} holds {surplus} row(s) this manifest does not account for "
+            "(another manifest, or rows written twice: see `raytag verify`); "
+            "tag into a new --output"
+        )
+    return unmatched, sides[MANIFEST_SIDE]
+
+
+def pending_part(
+    unmatched: ray.data.Dataset, schema: pa.Schema, part: int, parts: int
+) -> ray.data.Dataset:
+    """The pending manifest rows of buckets ``part``, ``part + parts``, ..., each with the
+    manifest's verdict (error_code/message)."""
+    return unmatched.map_batches(
+        _checked_manifest_rows,
+        fn_kwargs={"schema": schema, "part": part, "parts": parts},
+        batch_format="pyarrow",
+    )
+
+
+def bucket_count(manifest: Manifest) -> int:
+    return 1 + manifest.num_rows // _ROWS_PER_BUCKET
+
+
+def _unmatched_rows(manifest: Manifest, output: str, schema: pa.Schema) -> ray.data.Dataset:
+    """Manifest rows without an output row and output rows without a manifest row.
+
+    Rows meet in buckets by a stable hash of ``track_id`` (a hash shuffle, ``groupby``),
+    so every row of a track is in one bucket; there they pair off by ``(track_id, uri)``,
+    as multisets. Nothing is collected on the driver.
+    """
+    buckets = bucket_count(manifest)
+    parts = [_as_side(manifest.read(schema.names), MANIFEST_SIDE, schema, buckets)]
+    for side, folder in ((PREDICTION_SIDE, PREDICTIONS), (ERROR_SIDE, ERRORS)):
+        written = read_output(output, folder, [TRACK_ID, URI])
+        if written is not None:
+            parts.append(_as_side(written, side, schema, buckets))
+    rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    partitions = min(_MAX_PARTITIONS, 1 + manifest.num_rows // _ROWS_PER_PARTITION)
+    return rows.groupby(_BUCKET, num_partitions=partitions).map_groups(
+        _unmatched_in_bucket, batch_format="pyarrow"
+    )
+
+
+def _as_side(ds: ray.data.Dataset, side: str, schema: pa.Schema, buckets: int) -> ray.data.Dataset:
+    return ds.map_batches(
+        _side_rows,
+        fn_kwargs={"side": side, "schema": schema, "buckets": buckets},
+        batch_format="pyarrow",
+    )
+
+
+def _side_rows(batch: pa.Table, side: str, schema: pa.Schema, buckets: int) -> pa.Table:
+    """``batch`` in ``schema`` (absent columns null), with its side and bucket."""
+    n = batch.num_rows
+    columns = [
+        batch[f.name].cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
+        for f in schema
+    ]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    # crc32, not hash(): the same bucket in every worker process.
+    bucket = [zlib.crc32((t or "").encode()) % buckets for t in table[TRACK_ID].to_pylist()]
+    table = table.append_column(_BUCKET, pa.array(bucket, pa.int32()))
+    return table.append_column(_SIDE, pa.array([side] * n, pa.string()))
+
+
+def _unmatched_in_bucket(rows: pa.Table) -> pa.Table:
+    """Pair manifest and output rows by ``(track_id, uri)``; keep the unpaired ones, with
+    ``_copies``: how many manifest rows share their ``track_id``."""
+    track_ids = rows[TRACK_ID].to_pylist()
+    keys = list(zip(track_ids, rows[URI].to_pylist(), strict=True))
+    from_manifest = [side == MANIFEST_SIDE for side in rows[_SIDE].to_pylist()]
+    written = Counter(key for key, m in zip(keys, from_manifest, strict=True) if not m)
+    wanted = Counter(key for key, m in zip(keys, from_manifest, strict=True) if m)
+    copies = Counter(t for t, m in zip(track_ids, from_manifest, strict=True) if m)
+    keep = []
+    for row, (key, m) in enumerate(zip(keys, from_manifest, strict=True)):
+        partners = written if m else wanted
+        if partners[key]:
+            partners[key] -= 1
+        else:
+            keep.append(row)
+    kept_copies = pa.array([copies[track_ids[row]] for row in keep], pa.int32())
+    return rows.take(pa.array(keep, pa.int64())).append_column(_COPIES, kept_copies)
+
+
+def _checked_manifest_rows(batch: pa.Table, schema: pa.Schema, part: int, parts: int) -> pa.Table:
+    """The manifest rows of this part's buckets, with error_code/message set where a row
+    cannot be tagged."""
+    in_part = pa.array(batch[_BUCKET].to_numpy() % parts == part)
+    rows = batch.filter(pc.and_(pc.equal(batch[_SIDE], MANIFEST_SIDE), in_part))
+    code, message = check_rows(rows, rows[_COPIES])
+    return rows.select(schema.names).append_column(ERROR_CODE, code).append_column(MESSAGE, message)
+
+
+def count_values(rows: ray.data.Dataset, column: str) -> Counter[str]:
+    """How often each value of a low-cardinality column occurs: per block, summed here."""
+    counts: Counter[str] = Counter()
+    per_block = rows.map_batches(
+        _value_counts, fn_kwargs={"column": column}, batch_format="pyarrow"
+    )
+    for row in per_block.iter_rows():
+        counts[row["value"]] += row["count"]
+    return counts
+
+
+def _value_counts(batch: pa.Table, column: str) -> pa.Table:
+    counts = pc.value_counts(batch[column].cast(pa.string()))
+    return pa.table({"value": counts.field("values"), "count": counts.field("counts")})
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """How ``output`` accounts for the manifest: ok when every row is there exactly once."""
+
+    manifest_rows: int
+    predictions: int
+    errors: int
+    missing: int  # manifest rows with no output row
+    surplus: int  # output rows with no manifest row: written twice, or foreign
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.surplus == 0
+
+    def describe(self) -> str:
+        counts = (
+            f"{self.manifest_rows} manifest rows, {self.predictions} predictions, "
+            f"{self.errors} errors: "
+        )
+        if self.ok:
+            return counts + "every row exactly once"
+        shown = "; ".join(f"{e[_SIDE]} {e[TRACK_ID]!r} {e[URI]!r}" for e in self.examples)
+        return counts + f"{self.missing} missing, {self.surplus} surplus (e.g. {shown})"
+
+
+def verify(manifest_uri: str, output: str) -> VerifyReport:
+    """Check any run, finished or not: is each manifest row in exactly one output row?"""
+    return verify_manifest(open_manifest(manifest_uri), output)
+
+
+def verify_manifest(manifest: Manifest, output: str, n_examples: int = 5) -> VerifyReport:
+    unmatched = _unmatched_rows(manifest, output, _KEY_SCHEMA).materialize()
+    sides = count_values(unmatched, _SIDE)
+    return VerifyReport(
+        manifest_rows=manifest.num_rows,
+        predictions=count_rows(output, PREDICTIONS),
+        errors=count_rows(output, ERRORS),
+        missing=sides[MANIFEST_SIDE],
+        surplus=sides[PREDICTION_SIDE] + sides[ERROR_SIDE],
+        examples=[
+            {k: row[k] for k in (_SIDE, TRACK_ID, URI)} for row in unmatched.take(n_examples)
+        ],
+    )

@@ -1,0 +1,152 @@
+"""``_run.json``: the record of a tagging run, claimed before any work and completed
+by the final verify.
+
+It names the manifest, the output and the model, and keeps one entry per attempt (its
+options, counts, throughput and the seconds spent planning, tagging and verifying), so an
+interrupted run and its resumption stay on record, with the software versions.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from raytag.manifest import Manifest
+from raytag.tagging.options import TagOptions
+from raytag.tagging.output import (
+    ERROR_CODE,
+    ERRORS,
+    TagError,
+    read_output,
+    read_run,
+    read_vocabulary,
+    write_run,
+    write_vocabulary,
+)
+from raytag.tagging.reconcile import VerifyReport, count_values
+
+if TYPE_CHECKING:
+    from raytag.checkpoint import LoadedModel
+
+
+def start_run(
+    output: str, manifest: Manifest, model_uri: str, model: LoadedModel, started: float
+) -> list[dict[str, Any]]:
+    """Claim ``output`` for ``model`` (refusing another model's output) before any work.
+
+    Returns the attempts recorded so far; one without ``finished_at`` was interrupted.
+    """
+    previous = read_run(output)
+    vocabulary = read_vocabulary(output)
+    if vocabulary is not None and vocabulary != model.vocabulary:
+        raise TagError(f"{output} was tagged with another vocabulary; tag into a new --output")
+    if previous is not None:
+        ran = previous["model"]
+        if (ran["name"], ran["version"]) != (model.name, model.version):
+            raise TagError(
+                f"{output} holds a run of {ran['name']} version {ran['version']}, not "
+                f"{model.name} version {model.version}; tag into a new --output"
+            )
+    earlier = list(previous["attempts"]) if previous else []
+    write_vocabulary(output, model.vocabulary)
+    this = {"started_at": _iso(started)}
+    write_run(output, run_record(manifest, model_uri, model, output, None, [*earlier, this]))
+    return earlier
+
+
+def attempt_record(
+    started: float, written: Counter[str], options: TagOptions, phases: dict[str, float]
+) -> dict:
+    """This attempt's counts and rates; ``phases``: seconds spent pairing the manifest with
+    the output (plan), tagging, and verifying, so a run's fixed costs show apart from its
+    throughput."""
+    finished = time.time()
+    wall_s = max(finished - started, 1e-6)
+    rows = written["predictions"] + written["errors"]
+    return {
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "wall_s": round(wall_s, 3),
+        "predictions": written["predictions"],
+        "errors": written["errors"],
+        "audio_hours": round(written["audio_seconds"] / 3600, 6),
+        "tracks_per_s": round(rows / wall_s, 3),
+        "audio_hours_per_hour": round(written["audio_seconds"] / wall_s, 3),
+        "phases_s": {name: round(seconds, 3) for name, seconds in phases.items()},
+        "options": asdict(options),
+        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+    }
+
+
+def run_record(
+    manifest: Manifest,
+    model_uri: str,
+    model: LoadedModel,
+    output: str,
+    report: VerifyReport | None,
+    attempts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``_run.json``: ``running`` until the final verify says complete or incomplete."""
+    record: dict[str, Any] = {
+        "status": "running" if report is None else "complete" if report.ok else "incomplete",
+        "manifest": manifest.uri,
+        "output": output,
+        "model": {"uri": model_uri, "name": model.name, "version": model.version},
+    }
+    if report is not None:
+        record["counts"] = {
+            "manifest_rows": report.manifest_rows,
+            "predictions": report.predictions,
+            "errors": report.errors,
+            "missing": report.missing,
+            "surplus": report.surplus,
+            "errors_by_code": _errors_by_code(output),
+        }
+        record["started_at"] = attempts[0]["started_at"]
+        record["finished_at"] = attempts[-1]["finished_at"]
+    record["attempts"] = attempts
+    record["software"] = _software()
+    return record
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The run as recorded in ``_run.json``, and the one line a run ends with."""
+
+    record: dict[str, Any]
+    report: VerifyReport
+
+    def line(self) -> str:
+        this = self.record["attempts"][-1]
+        return (
+            f"{self.report.describe()}. This run: {this['predictions']} tagged, "
+            f"{this['errors']} errors in {this['wall_s']:.1f} s "
+            f"({this['tracks_per_s']:.2f} tracks/s, {this['audio_hours_per_hour']:.1f} "
+            f"audio h/h). Outputs: {self.record['output']}"
+        )
+
+
+def _errors_by_code(output: str) -> dict[str, int]:
+    errors = read_output(output, ERRORS, [ERROR_CODE])
+    return {} if errors is None else dict(sorted(count_values(errors, ERROR_CODE).items()))
+
+
+def _software() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("raytag", "ray", "torch", "torchcodec", "pyarrow", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
