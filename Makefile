@@ -11,7 +11,7 @@ APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescor
 PY_DIRS := $(wildcard raytag jobs tests bench tools)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup musicnn-wheel system-packages test lint format demo lock clean
+.PHONY: setup musicnn-wheel system-packages test test-fast lint format demo lock clean
 
 setup: system-packages $(VENV)/.installed musicnn-wheel
 
@@ -44,6 +44,11 @@ format: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# The inner loop: unit tests of pure logic, no Ray, MLflow or S3 server (about a minute).
+# `make test` runs these and the integration tests.
+test-fast: setup
+	$(BIN)/pytest -q -m "not integration"
 
 # The whole product on this machine (docs/operations.md): local MLflow and Ray, a labelled
 # catalogue, training, the registry, tagging of real music, a report. A second run reuses

@@ -290,14 +290,8 @@ def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
 # -- the demo (raytag.demo) ----------------------------------------------------------------
 
 
-@main.command("demo")
+@main.command("demo", cls=SettingsCommand, settings="raytag.demo.settings:DemoSettings")
 @click.option("--workdir", default="demo", show_default=True, help="Everything goes here.")
-@click.option("--tracks", "n_tracks", default=300, show_default=True, help="Labelled tracks.")
-@click.option("--duration", "duration_s", default=8.0, show_default=True, help="Seconds each.")
-@click.option("--epochs", default=15, show_default=True)
-@click.option("--model", default="spectrogram-small", show_default=True, help="Model preset.")
-@click.option("--real-tracks", default=8, show_default=True, help="Real music tracks to tag.")
-@click.option("--max-patches", default=8, show_default=True, help="Patches per tagged track.")
 @click.option(
     "--keep-mlflow", is_flag=True, help="Leave the MLflow server running to browse its UI."
 )
@@ -305,21 +299,16 @@ def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
 @click.option("--mlflow-port", type=int, default=None, help="Default: 5000 if free, else any.")
 @click.option("--cpus", "num_cpus", type=int, default=None, help="Ray CPUs (default: all).")
 def demo_command(
-    workdir: str, n_tracks: int, duration_s: float, epochs: int, model: str, real_tracks: int,
-    max_patches: int, keep_mlflow: bool, retrain: bool, mlflow_port: int | None,
-    num_cpus: int | None,
+    workdir: str, keep_mlflow: bool, retrain: bool, mlflow_port: int | None,
+    num_cpus: int | None, **settings: Any,
 ) -> None:  # fmt: skip
     """The whole product on this machine: local MLflow and Ray, a labelled catalogue,
     training, registry, tagging of real music, and a report. A second run reuses what exists."""
     from raytag.demo import DemoSettings, format_report, run_demo
 
-    settings = DemoSettings(
-        n_tracks=n_tracks, duration_s=duration_s, epochs=epochs, model=model,
-        real_tracks=real_tracks, max_patches=max_patches,
-    )  # fmt: skip
     report = run_demo(
-        workdir, settings, keep_mlflow=keep_mlflow, retrain=retrain, mlflow_port=mlflow_port,
-        num_cpus=num_cpus,
+        workdir, build(DemoSettings, settings), keep_mlflow=keep_mlflow, retrain=retrain,
+        mlflow_port=mlflow_port, num_cpus=num_cpus,
     )  # fmt: skip
     click.echo(format_report(report))
 

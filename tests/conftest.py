@@ -98,3 +98,17 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> 
     head = RayHead(tmp_path_factory.mktemp("ray-head"), env=s3_server.env).start()
     yield head
     head.stop()
+
+
+# Fixtures that start a real service (Ray, MLflow, S3) or render the demo catalogue: a test
+# that uses one, directly or through another fixture, is an integration test. The rest are
+# unit tests of pure logic, `make test-fast`'s inner loop.
+SERVICE_FIXTURES = frozenset(
+    {"ray_local", "ray_head", "mlflow_server", "s3_server", "demo_catalogue"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import mlflow
 import pyarrow.dataset as pads
+import pytest
 from click.testing import CliRunner
 
 from raytag.catalogue import VOCABULARY
@@ -25,6 +27,7 @@ from raytag.demo import (
 )
 from raytag.evaluate import TagMetrics
 from raytag.services import free_port, http_status
+from raytag.settings import options
 
 TINY = DemoSettings(n_tracks=16, duration_s=4.0, epochs=1, real_tracks=1, max_patches=2)
 
@@ -33,6 +36,7 @@ def _healthy(uri: str) -> bool:
     return http_status(f"{uri}/health") == 200
 
 
+@pytest.mark.integration  # starts its own MLflow server and Ray
 def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> None:
     import ray
 
@@ -119,8 +123,12 @@ def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> 
     assert os.environ.get("MLFLOW_TRACKING_URI") != uri  # the demo's setting did not leak
 
 
-def test_demo_command_help() -> None:
+def test_demo_command_help_lists_every_setting() -> None:
+    """The demo's options are DemoSettings' fields (generated) plus how this run is hosted."""
     result = CliRunner().invoke(main, ["demo", "--help"])
     assert result.exit_code == 0
-    for option in ("--workdir", "--tracks", "--epochs", "--keep-mlflow", "--retrain"):
-        assert option in result.output
+    hosting = ["--workdir", "--keep-mlflow", "--retrain", "--mlflow-port", "--cpus"]
+    fields = [o.flag for o in options(DemoSettings)]
+    shown = re.findall(r"^  (--[a-z-]+)", result.output, flags=re.M)
+    assert sorted(shown) == sorted(hosting + fields)
+    assert "--tracks" in fields and "--duration" in fields
