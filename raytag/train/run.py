@@ -1,0 +1,148 @@
+"""The driver: fit with Ray Train (or resume), pick the best checkpoint, evaluate it on the
+test split, and track the run and the registered model in MLflow."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raytag import storage
+from raytag.checkpoint import load_model
+from raytag.models.inference import model_process_env
+from raytag.train.config import TrainConfig, initial_model
+from raytag.train.data import build_datasets, manifest_vocabulary
+from raytag.train.loop import train_loop_per_worker
+
+if TYPE_CHECKING:
+    from raytag.evaluate import Evaluation
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit(
+    config: TrainConfig, mlflow_tracking_uri: str | None = None, mlflow_run_id: str | None = None
+) -> train.Result:
+    """Run (or resume, when ``run_name`` already has checkpoints) a Ray Train fit."""
+    vocabulary = list(config.vocabulary or manifest_vocabulary(config.manifest))
+    use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    storage_fs, storage_path = _run_storage(config.storage_path)
+    start = initial_model(config, vocabulary)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": asdict(config),
+            "vocabulary": vocabulary,
+            "initial_model": start,
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            worker_runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+        ),
+        datasets=build_datasets(config, vocabulary, start.audio),
+    )
+    return trainer.fit()
+
+
+def _run_storage(storage_path: str):
+    """Local folders go to Ray as absolute paths; object storage as a pyarrow filesystem
+    (which carries the S3 endpoint and credentials from the environment)."""
+    if storage.is_local(storage_path):
+        return None, str(Path(storage.local_path(storage_path)).resolve())
+    return storage.arrow_filesystem(storage_path)
+
+
+def best_checkpoint(result: train.Result) -> Checkpoint:
+    if result.best_checkpoints:
+        return min(result.best_checkpoints, key=lambda pair: pair[1]["val_loss"])[0]
+    if result.checkpoint is None:
+        raise RuntimeError("training produced no checkpoint")
+    return result.checkpoint
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`run_training` did: the MLflow run, the registered version, the test split's
+    evaluation and where Ray Train kept the checkpoints."""
+
+    run_id: str
+    epochs: int | None
+    best_val_loss: float | None
+    test_macro_roc_auc: float | None
+    test_macro_pr_auc: float | None
+    model_uri: str
+    registered_model: str | None
+    version: str | None
+    alias: str | None
+    checkpoint_path: str
+    metrics: Evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, keys in field order; ``metrics`` as metrics.json holds it."""
+        return asdict(self) | {"metrics": self.metrics.to_dict()}
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    experiment: str = "raytag",
+    registered_model: str | None = None,
+    alias: str | None = None,
+) -> TrainingResult:
+    """Fit (or resume), evaluate the best checkpoint on the test split, log everything to
+    MLflow (``MLFLOW_TRACKING_URI``) and register the model."""
+    import mlflow
+
+    from raytag import registry
+    from raytag.evaluate import evaluate_model
+
+    mlflow.set_experiment(experiment)
+    # A resumed fit logs into the MLflow run of its earlier attempt.
+    earlier = registry.find_runs(experiment, config.run_name)
+    run_id = earlier[0].info.run_id if earlier else None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else config.run_name) as run:
+        if run_id is None:
+            mlflow.set_tag(registry.RUN_NAME_TAG, config.run_name)
+            registry.log_config(asdict(config))
+        result = fit(config, mlflow.get_tracking_uri(), run.info.run_id)
+        if result.error:
+            raise RuntimeError(f"training failed: {result.error}") from result.error
+        with best_checkpoint(result).as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
+            loaded = load_model(folder)
+            metrics = evaluate_model(loaded, config.manifest, split="test", plots_dir=tmp)
+            # The plots go in as artifacts beside the JSON, not as paths of a deleted folder.
+            record = metrics.to_dict()
+            registry.log_run_evaluation(record, record.pop("plots", []))
+            info = registry.log_model(folder, registered_model_name=registered_model, alias=alias)
+    return TrainingResult(
+        run_id=run.info.run_id,
+        epochs=result.metrics.get("epoch"),
+        best_val_loss=result.metrics.get("best_val_loss"),
+        test_macro_roc_auc=metrics.macro_roc_auc,
+        test_macro_pr_auc=metrics.macro_pr_auc,
+        model_uri=info.model_uri,
+        registered_model=registered_model,
+        version=info.registered_model_version,
+        alias=alias,
+        checkpoint_path=result.path,
+        metrics=replace(metrics, plots=None),
+    )
