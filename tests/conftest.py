@@ -82,7 +82,7 @@ def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture(scope="session")
 def demo_catalogue(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A small labelled catalogue (spec/demo-catalogue.md) for training tests: its manifest URI."""
+    """A small labelled catalogue (raytag.catalogue) for training tests: its manifest URI."""
     from raytag.catalogue import synthesize
 
     return synthesize(
