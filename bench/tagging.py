@@ -351,7 +351,7 @@ def stage_raytag(
     ray_started = time.perf_counter() - started
     sampler, gpu = RssSampler().start(), GpuSampler().start()
     chosen = TagOptions(max_patches=max_patches, compile=compile_model, **(options or {}))
-    summary = tag_catalogue(manifest, model_dir, output, chosen)
+    [summary] = tag_catalogue(manifest, [model_dir], output, chosen)
     peaks, gpus = sampler.stop(), gpu.stop()
     ray.shutdown()
     attempt = summary.record["attempts"][-1]

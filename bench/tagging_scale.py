@@ -74,9 +74,8 @@ def run_one(manifest: str, model: str, output: str, decode_batch_size: int) -> d
     started = time.monotonic()
 
     def watch() -> None:
-        predictions = Path(output) / "predictions"
-        while not first_output:
-            if predictions.exists() and any(predictions.iterdir()):
+        while not first_output:  # the model's folder is NAME-vVERSION in the output
+            if any(Path(output).glob("*/predictions/*.parquet")):
                 first_output.append(time.monotonic() - started)
             time.sleep(0.5)
 
@@ -84,7 +83,7 @@ def run_one(manifest: str, model: str, output: str, decode_batch_size: int) -> d
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False)  # fmt: skip
     options = TagOptions(max_patches=1, decode_batch_size=decode_batch_size)
-    summary = tag_catalogue(manifest, model, output, options)
+    [summary] = tag_catalogue(manifest, [model], output, options)
     wall = time.monotonic() - started
     ray.shutdown()
     attempt = summary.record["attempts"][-1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +33,7 @@ __all__ = [
     "DecodedTrack",
     "decode",
     "decode_patches",
+    "decode_policies",
     "decode_random_patches",
     "decode_track",
     "patch_starts",
@@ -84,9 +85,7 @@ def decode(
     """
     _check_rate(sample_rate)
     with _open_decoder(uri, sample_rate) as decoder:
-        header = _header_duration(decoder)
-        _check_too_long(uri, header, max_seconds)
-        wave = _decode_all(uri, decoder, sample_rate, max_seconds)
+        wave = _OpenTrack(uri, decoder, sample_rate).whole(max_seconds)
     _check_finite(uri, wave)
     return wave
 
@@ -105,21 +104,31 @@ def decode_patches(uri: str, config: AudioConfig) -> DecodedTrack:
     With ``max_patches`` set and a header duration, only those K windows are decoded.
     Patches carry ``config.context_samples`` of context on each side (see patching).
     """
-    size, k, context = config.core_samples, config.max_patches, config.context_samples
+    return decode_policies(uri, [config])[0]
 
-    def evenly_spaced(n_samples: int) -> np.ndarray | None:
-        if k is None or (n_samples + context) // size <= k:
-            return None  # every patch anyway: one full decode is cheaper than seeking
-        return patch_starts(n_samples, size, k, context)
 
-    return _decode_windows_or_all(
-        uri,
-        config,
-        evenly_spaced,
-        size,
-        context,
-        lambda wave: split_patches(wave, size, k, context),
-    )
+def decode_policies(uri: str, configs: Sequence[AudioConfig]) -> list[DecodedTrack]:
+    """The track's patches under each of ``configs``, in order: one decoding of the track
+    for several models' patch policies.
+
+    Each config gets exactly what :func:`decode_patches` gives for it alone. The file is
+    opened once per sample rate, and the whole track decoded at most once (per
+    ``max_seconds``) and cut for every config that needs it whole; a config that takes K
+    windows of a long track decodes its windows from the same open file. A track that
+    fails under one config fails as a whole, with the error of the first config, in
+    order, that fails.
+    """
+    outcomes: dict[int, DecodedTrack | AudioError] = {}
+    for rate in dict.fromkeys(config.sample_rate for config in configs):
+        same_rate = {i: config for i, config in enumerate(configs) if config.sample_rate == rate}
+        outcomes.update(_decode_at_rate(uri, rate, same_rate))
+    tracks = []
+    for i in range(len(configs)):  # a config after a failed one at its rate has no outcome
+        outcome = outcomes[i]
+        if isinstance(outcome, AudioError):
+            raise outcome
+        tracks.append(outcome)
+    return tracks
 
 
 def decode_random_patches(
@@ -129,42 +138,92 @@ def decode_random_patches(
     crops. With a header duration only those windows are decoded, so a crop of a
     four-minute song costs a crop's decoding, not the song's: what lets training stream
     a catalogue whose decoded audio does not fit in memory."""
-    size = config.patch_samples
-    return _decode_windows_or_all(
-        uri,
-        config,
-        lambda n_samples: random_starts(n_samples, size, n, rng),
-        size,
-        0,
-        lambda wave: random_crops(wave, size, n, rng),
-    )
+    with _open_decoder(uri, config.sample_rate) as decoder:
+        return _OpenTrack(uri, decoder, config.sample_rate).random_patches(config, n, rng)
 
 
-def _decode_windows_or_all(
-    uri: str,
-    config: AudioConfig,
-    starts_for: Callable[[int], np.ndarray | None],
-    size: int,
-    context: int,
-    cut: Callable[[np.ndarray], np.ndarray],
-) -> DecodedTrack:
-    """Decode only the windows ``starts_for(samples in the header's duration)`` picks;
-    the whole track, cut into patches by ``cut``, when it picks none, when the header
-    has no duration or when a window comes back short (a wrong header)."""
-    rate = config.sample_rate
-    with _open_decoder(uri, rate) as decoder:
-        header = _header_duration(decoder)
-        _check_too_long(uri, header, config.max_seconds)
+def _decode_at_rate(
+    uri: str, rate: int, configs: dict[int, AudioConfig]
+) -> dict[int, DecodedTrack | AudioError]:
+    """Each of ``configs`` (index -> config, all at ``rate``) from one open file, up to
+    and including the first that fails."""
+    outcomes: dict[int, DecodedTrack | AudioError] = {}
+    index = next(iter(configs))  # a file that cannot be opened fails the first config
+    try:
+        with _open_decoder(uri, rate) as decoder:
+            track = _OpenTrack(uri, decoder, rate)
+            for index, config in configs.items():
+                outcomes[index] = track.evenly_spaced_patches(config)
+    except AudioError as error:
+        outcomes[index] = error
+    return outcomes
+
+
+class _OpenTrack:
+    """One open file at one rate, for every policy cut from it: its header duration, and
+    its whole waveform once decoded."""
+
+    def __init__(self, uri: str, decoder: AudioDecoder, rate: int) -> None:
+        self.uri, self.decoder, self.rate = uri, decoder, rate
+        self.header = _header_duration(decoder)
+        self._whole: dict[float | None, np.ndarray] = {}  # by max_seconds
+
+    def whole(self, max_seconds: float | None) -> np.ndarray:
+        """The whole track, decoded once per limit (see :func:`decode`)."""
+        _check_too_long(self.uri, self.header, max_seconds)
+        if max_seconds not in self._whole:
+            self._whole[max_seconds] = _decode_all(self.uri, self.decoder, self.rate, max_seconds)
+        return self._whole[max_seconds]
+
+    def evenly_spaced_patches(self, config: AudioConfig) -> DecodedTrack:
+        """What :func:`decode_patches` gives."""
+        size, k, context = config.core_samples, config.max_patches, config.context_samples
+
+        def evenly_spaced(n_samples: int) -> np.ndarray | None:
+            if k is None or (n_samples + context) // size <= k:
+                return None  # every patch anyway: one full decode is cheaper than seeking
+            return patch_starts(n_samples, size, k, context)
+
+        return self._windows_or_whole(
+            config, evenly_spaced, size, context, lambda wave: split_patches(wave, size, k, context)
+        )
+
+    def random_patches(self, config: AudioConfig, n: int, rng: np.random.Generator) -> DecodedTrack:
+        """What :func:`decode_random_patches` gives."""
+        size = config.patch_samples
+        return self._windows_or_whole(
+            config,
+            lambda n_samples: random_starts(n_samples, size, n, rng),
+            size,
+            0,
+            lambda wave: random_crops(wave, size, n, rng),
+        )
+
+    def _windows_or_whole(
+        self,
+        config: AudioConfig,
+        starts_for: Callable[[int], np.ndarray | None],
+        size: int,
+        context: int,
+        cut: Callable[[np.ndarray], np.ndarray],
+    ) -> DecodedTrack:
+        """Decode only the windows ``starts_for(samples in the header's duration)`` picks;
+        the whole track, cut into patches by ``cut``, when it picks none, when the header
+        has no duration or when a window comes back short (a wrong header)."""
+        header, rate = self.header, self.rate
+        _check_too_long(self.uri, header, config.max_seconds)
         starts = starts_for(int(header * rate)) if header is not None else None
-        patches = None if starts is None else _decode_windows(decoder, starts, size, rate, context)
+        patches = None
+        if starts is not None:
+            patches = _decode_windows(self.decoder, starts, size, rate, context)
         duration = header
         if patches is None:
-            wave = _decode_all(uri, decoder, rate, config.max_seconds)
-            _check_too_short(uri, wave, config)
+            wave = self.whole(config.max_seconds)
+            _check_too_short(self.uri, wave, config)
             duration = wave.shape[0] / rate
             patches = cut(wave)
-    _check_finite(uri, patches)
-    return DecodedTrack(patches=patches, duration_s=float(duration))
+        _check_finite(self.uri, patches)
+        return DecodedTrack(patches=patches, duration_s=float(duration))
 
 
 # -- opening -------------------------------------------------------------------------

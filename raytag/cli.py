@@ -9,6 +9,7 @@ import click
 
 from raytag.cluster import join, ray_address_option
 from raytag.config import AudioConfig
+from raytag.plan import plan
 from raytag.settings import SettingsCommand, build
 
 
@@ -16,6 +17,9 @@ from raytag.settings import SettingsCommand, build
 @click.version_option(package_name="raytag")
 def main() -> None:
     """Music audio auto-tagging at catalogue scale, on Ray."""
+
+
+main.add_command(plan)  # raytag plan: capacity from measured costs
 
 
 @main.command("models")
@@ -249,41 +253,74 @@ def train_command(
     "tag", cls=SettingsCommand, settings="raytag.tagging:TagOptions", before="ray_address"
 )
 @click.option("--manifest", required=True, help="Parquet file, folder/prefix or glob; or s3://.")
-@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, runs:/..., folder.")
-@click.option("--output", required=True, help="Output folder (local or s3://); reruns resume.")
+@click.option(
+    "--model",
+    "model_uris",
+    required=True,
+    multiple=True,
+    help="models:/NAME@ALIAS, runs:/..., folder; repeat it to tag with several models, "
+    "each track decoded once.",
+)
+@click.option(
+    "--output",
+    required=True,
+    help="Output folder (local or s3://), one NAME-vVERSION folder per model in it; reruns "
+    "resume, and a model added later tags only its rows.",
+)
 @ray_address_option
 def tag_command(
-    manifest: str, model_uri: str, output: str, ray_address: str | None, **settings: Any
+    manifest: str,
+    model_uris: tuple[str, ...],
+    output: str,
+    ray_address: str | None,
+    **settings: Any,
 ) -> None:
-    """Tag a catalogue: predictions/ and errors/ Parquet, exactly once; reruns resume."""
+    """Tag a catalogue with one or more models: per model, predictions/ and errors/
+    Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
     from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
 
-    options = build(TagOptions, settings)
+    try:
+        options = build(TagOptions, settings)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
     join(ray_address)
     try:
-        summary = tag_catalogue(manifest, model_uri, output, options)
+        summaries = tag_catalogue(manifest, list(model_uris), output, options)
     except (ManifestError, TagError, IncompleteRunError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(summary.line())
+    for summary in summaries:
+        click.echo(summary.line())
 
 
 @main.command("verify")
 @click.option("--manifest", required=True, help="The run's manifest.")
-@click.option("--output", required=True, help="The run's output folder.")
+@click.option(
+    "--output",
+    required=True,
+    help="The run's --output (every model in it), or one model's folder in it.",
+)
 @ray_address_option
 def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
-    """Check a tagging run: every manifest row in exactly one output row (exit 1 if not)."""
+    """Check a tagging run: every manifest row in exactly one output row of each model
+    (exit 1 if not)."""
     from raytag.manifest import ManifestError
     from raytag.tagging import verify
+    from raytag.tagging.output import model_outputs, read_run
 
     join(ray_address)
-    try:
-        report = verify(manifest, output)
-    except ManifestError as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(report.describe())
-    if not report.ok:
+    folders = [output] if read_run(output) is not None else model_outputs(output)
+    if not folders:
+        raise click.ClickException(f"{output} holds no tagging run")
+    ok = True
+    for folder in folders:
+        try:
+            report = verify(manifest, folder)
+        except ManifestError as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(f"{folder}: {report.describe()}")
+        ok = ok and report.ok
+    if not ok:
         raise SystemExit(1)
 
 

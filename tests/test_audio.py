@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,13 @@ from raytag.audio import (
     DecodedTrack,
     decode,
     decode_patches,
+    decode_policies,
     decode_random_patches,
     decode_track,
     patch_starts,
 )
 from raytag.config import AudioConfig
+from raytag.importers.musicnn import AUDIO as MUSICNN
 from raytag.patching import split_patches
 from raytag.storage import filesystem
 
@@ -477,6 +480,131 @@ def test_decode_patches_without_header_duration_falls_back_to_full_decode(stream
     assert track.duration_s == pytest.approx(20.0)
     np.testing.assert_array_equal(track.patches, split_patches(wave, config.patch_samples, 2))
     assert patch_starts(wave.shape[0], config.patch_samples, 2)[-1] == 17 * SR
+
+
+# -- several patch policies from one decoding --------------------------------------------
+
+
+def assert_each_as_alone(uri: str, configs: list[AudioConfig]) -> list[DecodedTrack]:
+    """decode_policies gives every config exactly what decode_patches gives it alone."""
+    tracks = decode_policies(uri, configs)
+    assert len(tracks) == len(configs)
+    for track, config in zip(tracks, configs, strict=True):
+        alone = decode_patches(uri, config)
+        assert track.duration_s == alone.duration_s
+        assert track.patches.dtype == np.float32 and track.patches.shape[1] == config.patch_samples
+        np.testing.assert_array_equal(track.patches, alone.patches, strict=True)
+    return tracks
+
+
+def test_policies_equal_each_policy_alone(media, long_ogg) -> None:
+    short = media("two-seconds.flac", *sine_args(44100, 2))
+    tracks = assert_each_as_alone(str(short), [AudioConfig(max_patches=32), MUSICNN])
+    assert [len(t.patches) for t in tracks] == [1, 1]
+    # 3 full patches: whole for two configs, 2 windows for the third.
+    chirp = media(
+        "chirp-10.5.ogg", "-f", "lavfi", "-i", CHIRP.format(seconds=10.5), "-c:a", "libvorbis"
+    )
+    configs = [AudioConfig(), MUSICNN, AudioConfig(max_patches=2), AudioConfig(sample_rate=8000)]
+    tracks = assert_each_as_alone(str(chirp), configs)
+    assert [len(t.patches) for t in tracks] == [3, 3, 2, 3]
+    # An MP3's header duration is an estimate: windows start from it, whole cuts do not,
+    # so a windowed config is not cut from the whole track another config decoded.
+    mp3 = media("twenty.mp3", *sine_args(22050, 2, seconds=20), "-c:a", "libmp3lame")
+    tracks = assert_each_as_alone(str(mp3), [MUSICNN, AudioConfig(max_patches=2)])
+    assert [len(t.patches) for t in tracks] == [6, 2]
+    assert tracks[0].duration_s != tracks[1].duration_s
+    # 20 minutes: the whole track for one config, windows for three (one with context).
+    configs = [
+        AudioConfig(max_patches=4),
+        AudioConfig(max_patches=None),
+        replace(MUSICNN, max_patches=3),
+        AudioConfig(max_patches=2),
+    ]
+    tracks = assert_each_as_alone(str(long_ogg), configs)
+    assert [len(t.patches) for t in tracks] == [4, 400, 3, 2]
+
+
+def test_policies_without_header_duration(streamed_flac) -> None:
+    tracks = assert_each_as_alone(
+        str(streamed_flac), [AudioConfig(max_patches=2), replace(MUSICNN, max_patches=2)]
+    )
+    assert [t.duration_s for t in tracks] == [pytest.approx(20.0)] * 2
+
+
+def bytes_read(call: Callable[[], object]) -> int:
+    """Bytes this process read from files while ``call`` ran (/proc/self/io: rchar)."""
+
+    def rchar() -> int:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return int(fields["rchar"])
+
+    before = rchar()
+    call()
+    return rchar() - before
+
+
+def test_policies_decode_the_whole_track_once(media) -> None:
+    """Three configs that each need the whole track: FFmpeg reads the file once, where a
+    decode_patches per config reads it three times."""
+    path = str(media("twenty-s16.wav", *sine_args(44100, 2, seconds=20), "-c:a", "pcm_s16le"))
+    configs = [AudioConfig(max_patches=32), MUSICNN, AudioConfig(max_patches=8)]
+    size = Path(path).stat().st_size
+    decode_patches(path, configs[0])  # the OS's file cache and FFmpeg's probing, warm
+    assert bytes_read(lambda: decode_policies(path, configs)) < 1.1 * size
+    assert bytes_read(lambda: [decode_patches(path, c) for c in configs]) > 2.9 * size
+
+
+def outcome(function: Callable[..., object], *args: object) -> str:
+    """The error code ``function(*args)`` raises, or "ok"."""
+    try:
+        function(*args)
+    except AudioError as error:
+        return str(error.code)
+    return "ok"
+
+
+@pytest.mark.parametrize("first_rate", [SR, 8000])
+def test_policies_fail_with_the_first_failing_policy(tmp_path, media, first_rate: int) -> None:
+    clip = str(media("short.wav", *sine_args(44100, 1, seconds=0.3), "-c:a", "pcm_s16le"))
+    noise = tmp_path / "noise.mp3"
+    noise.write_bytes(np.random.default_rng(0).bytes(8192))
+    header_only = media(
+        "header-only.wav", "-f", "lavfi", "-i", "sine", "-t", "0", "-c:a", "pcm_s16le"
+    )
+    too_long = AudioConfig(sample_rate=first_rate, min_seconds=0.1, max_seconds=0.2)
+    lenient = AudioConfig(sample_rate=first_rate, min_seconds=0.25)
+    cases = [
+        (clip, [too_long, AudioConfig()]),
+        (clip, [AudioConfig(), too_long]),
+        (clip, [lenient, AudioConfig(), too_long]),
+        (clip, [lenient, MUSICNN]),
+        (str(tmp_path / "missing.wav"), [lenient, MUSICNN]),
+        (str(noise), [lenient, MUSICNN]),
+        (str(header_only), [lenient, MUSICNN]),
+    ]
+    for uri, configs in cases:
+        alone = [outcome(decode_patches, uri, config) for config in configs]
+        first_failure = next(code for code in alone if code != "ok")
+        assert outcome(decode_policies, uri, configs) == first_failure, (uri, alone)
+    assert [outcome(decode_patches, clip, config) for config in cases[2][1]] == [
+        "ok",
+        "too_short",
+        "too_long",
+    ]
+
+
+def test_policies_non_finite_only_where_a_policy_looks(tmp_path) -> None:
+    """NaN only past the windows: the windowed policies succeed, the whole track fails."""
+    rate, seconds = 8000, 600
+    windows = [AudioConfig(max_patches=4), replace(MUSICNN, max_patches=4)]
+    t = np.arange(seconds * rate) / rate
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    wave[(t > 100) & (t < 101)] = np.nan
+    path = str(tmp_path / "nan-at-100s.wav")
+    sf.write(path, wave, rate, subtype="FLOAT")
+    assert_each_as_alone(path, windows)
+    assert outcome(decode_policies, path, [*windows, AudioConfig()]) == "non_finite"
 
 
 # -- object storage ----------------------------------------------------------------------

@@ -37,8 +37,9 @@ from raytag.manifest import ManifestError, open_manifest
 from raytag.models import build_model
 from raytag.models.inference import predict_patches
 from raytag.storage import arrow_filesystem, filesystem
-from raytag.tagging import TagError, TagOptions, tag_catalogue, verify
+from raytag.tagging import RunSummary, TagError, TagOptions, tag_catalogue, verify
 from raytag.tagging.output import ERRORS, PREDICTIONS, output_files, prediction_schema
+from raytag.tagging.stages import decode_batch, stored_patches
 from tests.services import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +157,14 @@ def tiny_model(folder: Path, version: str) -> str:
     return str(folder)
 
 
+def tag_one(
+    manifest: str, model: str, output: str, options: TagOptions = OPTIONS
+) -> tuple[str, RunSummary]:
+    """A run with one model: its folder in ``output`` and its summary."""
+    [summary] = tag_catalogue(manifest, [model], output, options)
+    return summary.record["output"], summary
+
+
 def read_folder(output: str, folder: str) -> pa.Table:
     fs, _ = arrow_filesystem(output)
     return pads.dataset(output_files(output, folder), filesystem=fs, format="parquet").to_table()
@@ -201,12 +210,12 @@ def assert_exactly_once(catalogue: Catalogue, output: str) -> tuple[pa.Table, pa
 
 @pytest.fixture(scope="module")
 def local_run(catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory, ray_local):
-    output = str(tmp_path_factory.mktemp("run") / "tags")
-    return output, tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+    return tag_one(catalogue.manifest, catalogue.model, str(tmp_path_factory.mktemp("run")))
 
 
 def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run) -> None:
     output, summary = local_run
+    assert output.endswith("/tiny-tagger-v3")  # one NAME-vVERSION folder per model
     predictions, errors = assert_exactly_once(catalogue, output)
     assert len(predictions) == catalogue.taggable
 
@@ -259,24 +268,33 @@ def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run
 
 
 def test_pipeline_scores_equal_the_model_on_the_same_patches(catalogue, local_run) -> None:
+    """The scores are the model's on the patches as they crossed the object store (16-bit
+    PCM by default), and within 1e-4 of the model's on float32 patches."""
     output, _ = local_run
     predictions = {r["track_id"]: r for r in read_folder(output, PREDICTIONS).to_pylist()}
     loaded = load_model(catalogue.model)
     audio = replace(loaded.audio, max_patches=MAX_PATCHES)
     for track_id in ("gen3", "real1", "eight-channels"):
-        patches = decode_patches(predictions[track_id]["uri"], audio).patches
-        scores, embeddings = predict_patches(loaded.model, patches, batch_size=8)
         row = predictions[track_id]
+        one = pa.table({"track_id": [track_id], "uri": [row["uri"]],
+                        "error_code": pa.nulls(1, pa.string()),
+                        "message": pa.nulls(1, pa.string())})  # fmt: skip
+        pcm16 = stored_patches(decode_batch(one, (audio,), pcm16=True), 0)
+        scores, embeddings = predict_patches(loaded.model, pcm16, batch_size=8)
         np.testing.assert_allclose(row["scores"], scores.mean(axis=0), atol=1e-5)
         np.testing.assert_allclose(row["embedding"], embeddings.mean(axis=0), atol=1e-5)
+        float32 = decode_patches(row["uri"], audio).patches
+        assert np.abs(pcm16 - float32).max() > 0  # 16-bit, not float32
+        exact, _ = predict_patches(loaded.model, float32, batch_size=8)
+        np.testing.assert_allclose(row["scores"], exact.mean(axis=0), atol=1e-4)
 
 
 def test_decode_actors_tag_as_decode_tasks_do(catalogue, local_run, tmp_path) -> None:
-    """Decoding in long-lived actors (the GPU default) gives the same rows and scores as
-    decoding in tasks (the CPU default, which made ``local_run``), bad rows included."""
-    output = str(tmp_path / "tags")
-    options = replace(OPTIONS, decode_actors=True, decode_tasks=1)
-    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, options)
+    """Decoding in long-lived actors (the GPU default), here with float32 patches, gives
+    the same rows as decoding in tasks (the CPU default, which made ``local_run`` with
+    16-bit patches), bad rows included, and scores within 1e-4 of them."""
+    options = replace(OPTIONS, decode_actors=True, decode_tasks=1, pcm16=False)
+    output, summary = tag_one(catalogue.manifest, catalogue.model, str(tmp_path), options)
     predictions, errors = assert_exactly_once(catalogue, output)
     assert summary.record["attempts"][0]["options"]["decode_actors"] is True
     codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
@@ -287,21 +305,122 @@ def test_decode_actors_tag_as_decode_tasks_do(catalogue, local_run, tmp_path) ->
     by_actors = {r["track_id"]: r["scores"] for r in predictions.to_pylist()}
     assert by_actors.keys() == by_tasks.keys()
     for track_id, scores in by_actors.items():
-        np.testing.assert_allclose(scores, by_tasks[track_id], atol=1e-6)
+        np.testing.assert_allclose(scores, by_tasks[track_id], atol=1e-4)
+    assert any(by_actors[t] != by_tasks[t] for t in by_actors)  # float32 did reach the model
 
 
 def test_rerun_of_a_finished_run_writes_nothing(catalogue: Catalogue, local_run) -> None:
     output, _ = local_run
     before = output_files(output, PREDICTIONS) + output_files(output, ERRORS)
-    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+    _, summary = tag_one(catalogue.manifest, catalogue.model, str(Path(output).parent))
     assert output_files(output, PREDICTIONS) + output_files(output, ERRORS) == before
     attempts = summary.record["attempts"]
     assert len(attempts) == 2 and attempts[1]["predictions"] == attempts[1]["errors"] == 0
     assert summary.report.ok
 
 
+# -- several models, each track decoded once ----------------------------------------------
+
+# Rows that reach decoding: the taggable ones and those whose file fails (missing, corrupt);
+# rows the manifest check refuses (null or empty uri, duplicate track_id) never do.
+DECODE_FAILURES = ("missing", "corrupt")
+
+
+@pytest.fixture(scope="module")
+def musicnn_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second model with its own patch policy: musicnn's architecture (untrained) with
+    musicnn's patches (187 frames) and their STFT context on both sides."""
+    from raytag.importers.musicnn import AUDIO
+
+    folder = tmp_path_factory.mktemp("musicnn")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = build_model(
+            "musicnn", n_tags=len(VOCABULARY), context_samples=AUDIO.context_samples
+        )
+    save_model(folder, model, list(VOCABULARY), AUDIO, name="tiny-musicnn", version="1")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def musicnn_run(catalogue, musicnn_model, tmp_path_factory, ray_local) -> tuple[str, RunSummary]:
+    return tag_one(catalogue.manifest, musicnn_model, str(tmp_path_factory.mktemp("mrun")))
+
+
+def scores_by_track(output: str) -> dict[str, list[float]]:
+    return {r["track_id"]: r["scores"] for r in read_folder(output, PREDICTIONS).to_pylist()}
+
+
+def decoded_tracks(summary: RunSummary) -> int:
+    return summary.record["attempts"][-1]["decoding"]["tracks"]
+
+
+def test_several_models_decode_once_and_score_as_alone(
+    catalogue, local_run, musicnn_model, musicnn_run, tmp_path
+) -> None:
+    """Two models with different patch policies in one run: each track is decoded once,
+    each model's folder verifies, and its scores are those of a run of that model alone
+    (so each got its own patches from the one decode)."""
+    summaries = tag_catalogue(
+        catalogue.manifest, [catalogue.model, musicnn_model], str(tmp_path), OPTIONS
+    )
+    assert [Path(s.record["output"]).name for s in summaries] == [
+        "tiny-tagger-v3", "tiny-musicnn-v1"]  # fmt: skip
+    for summary, (alone, _) in zip(summaries, (local_run, musicnn_run), strict=True):
+        assert_exactly_once(catalogue, summary.record["output"])
+        together = scores_by_track(summary.record["output"])
+        assert together.keys() == scores_by_track(alone).keys()
+        for track_id, scores in together.items():
+            np.testing.assert_allclose(scores, scores_by_track(alone)[track_id], atol=1e-6)
+    # One decode per track for both models (a single-model run decodes as many).
+    decoding = summaries[0].record["attempts"][-1]["decoding"]
+    assert decoding == summaries[1].record["attempts"][-1]["decoding"]
+    assert decoding["tracks"] == catalogue.taggable + len(DECODE_FAILURES)
+    assert decoded_tracks(local_run[1]) == decoding["tracks"]
+    assert decoding["models"] == ["tiny-tagger-v3", "tiny-musicnn-v1"]
+    # `raytag verify` on the run's --output checks every model's folder.
+    checked = CliRunner().invoke(
+        main, ["verify", *cli_args(manifest=catalogue.manifest, output=tmp_path)]
+    )
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count("every row exactly once") == 2
+
+    # Resume per model: rows one model lost are decoded again, and only those.
+    lost = output_files(summaries[1].record["output"], PREDICTIONS)[0]
+    n_lost = count_rows([lost])
+    os.remove(lost)
+    again = tag_catalogue(
+        catalogue.manifest, [catalogue.model, musicnn_model], str(tmp_path), OPTIONS
+    )
+    assert decoded_tracks(again[0]) == n_lost
+    assert again[0].record["attempts"][-1]["predictions"] == 0
+    assert again[1].record["attempts"][-1]["predictions"] == n_lost
+    for summary in again:
+        assert_exactly_once(catalogue, summary.record["output"])
+
+
+def test_a_model_added_to_a_finished_run_decodes_only_for_it(
+    catalogue, local_run, musicnn_model, musicnn_run, tmp_path
+) -> None:
+    shutil.copytree(local_run[0], tmp_path / "tiny-tagger-v3")
+    finished = json.loads((tmp_path / "tiny-tagger-v3" / "_run.json").read_text())["attempts"]
+    first, added = tag_catalogue(
+        catalogue.manifest, [catalogue.model, musicnn_model], str(tmp_path), OPTIONS
+    )
+    assert first.record["attempts"][:-1] == finished  # the finished run's, then this one
+    assert first.record["attempts"][-1]["predictions"] == 0
+    assert added.record["attempts"][-1]["predictions"] == catalogue.taggable
+    assert decoded_tracks(added) == catalogue.taggable + len(DECODE_FAILURES)
+    assert_exactly_once(catalogue, added.record["output"])
+    alone = scores_by_track(musicnn_run[0])
+    for track_id, scores in scores_by_track(added.record["output"]).items():
+        np.testing.assert_allclose(scores, alone[track_id], atol=1e-6)
+    with pytest.raises(TagError, match="each model once"):
+        tag_catalogue(catalogue.manifest, [catalogue.model] * 2, str(tmp_path), OPTIONS)
+
+
 def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path) -> None:
-    output = str(tmp_path / "copy")
+    output = str(tmp_path / "copy" / "tiny-tagger-v3")
     shutil.copytree(local_run[0], output)
     first = output_files(output, PREDICTIONS)[0]
     twice = count_rows([first])
@@ -310,8 +429,8 @@ def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path
     assert (report.missing, report.surplus) == (0, twice) and not report.ok
     assert {e["_side"] for e in report.examples} == {"prediction"}
     # A resume would add to rows it cannot account for: it refuses before any work.
-    with pytest.raises(TagError, match=f"holds {twice} row"):
-        tag_catalogue(catalogue.manifest, catalogue.model, output, OPTIONS)
+    with pytest.raises(TagError, match=f"hold\\(s\\) {twice} row"):
+        tag_one(catalogue.manifest, catalogue.model, str(tmp_path / "copy"))
 
     lost = output_files(output, ERRORS)[0]
     n_lost = count_rows([lost])
@@ -338,10 +457,9 @@ def test_a_big_manifest_runs_as_several_executions(
     from raytag.tagging import reconcile
 
     monkeypatch.setattr(reconcile, "_ROWS_PER_BUCKET", 4)  # 6 buckets for 21 rows
-    output = str(tmp_path / "tags")
     options = replace(OPTIONS, rows_per_execution=6, **layout)
     assert options.resolved({"CPU": 2.0}).may_stall(2.0) == bool(layout)
-    summary = tag_catalogue(catalogue.manifest, catalogue.model, output, options)
+    output, summary = tag_one(catalogue.manifest, catalogue.model, str(tmp_path), options)
     _, errors = assert_exactly_once(catalogue, output)
     codes = dict(zip(errors["track_id"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
     assert codes == EXPECTED_ERRORS
@@ -352,9 +470,11 @@ def test_a_big_manifest_runs_as_several_executions(
 
 
 def test_refuses_another_models_output(catalogue, local_run, tmp_path) -> None:
+    """A model folder holding another model's run (renamed by hand) is not added to."""
     other = tiny_model(tmp_path / "other", "4")
+    shutil.copytree(local_run[0], tmp_path / "tags" / "tiny-tagger-v4")
     with pytest.raises(TagError, match="holds a run of tiny-tagger version 3"):
-        tag_catalogue(catalogue.manifest, other, local_run[0], OPTIONS)
+        tag_one(catalogue.manifest, other, str(tmp_path / "tags"))
 
 
 BAD_MANIFESTS = {
@@ -369,7 +489,7 @@ def test_refuses_bad_manifests_before_any_work(catalogue, tmp_path, message: str
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist([BAD_MANIFESTS[message]]), bad)
     with pytest.raises(ManifestError, match=message):
-        tag_catalogue(str(bad), catalogue.model, str(tmp_path / "never"), OPTIONS)
+        tag_one(str(bad), catalogue.model, str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
 
 
@@ -413,6 +533,26 @@ def test_automatic_options_fit_the_cluster() -> None:
         {"decode_actors": True, "decode_tasks": 4},  # four held 0.25-CPU decoders
     ):
         assert TagOptions(**stalled).resolved({"CPU": 2.0}).may_stall(2.0), stalled
+    # A decode fleet (nodes labelled raytag/role=decode): decoding there alone, an actor
+    # per CPU; the model actors keep off it.
+    fleet = TagOptions().resolved({"CPU": 56.0, "GPU": 2.0}, decode_node_cpus=32.0)
+    assert (fleet.decode_on, fleet.decode_actors, fleet.decode_cpus, fleet.decode_tasks) == (
+        "decode-nodes", True, 1.0, 32)  # fmt: skip
+    assert fleet.decode_label_selector == {"raytag/role": "decode"}
+    assert fleet.model_label_selector == {"raytag/role": "!decode"}
+    anywhere = TagOptions(decode_on="anywhere").resolved({"CPU": 56.0, "GPU": 2.0}, 32.0)
+    assert anywhere.decode_label_selector is anywhere.model_label_selector is None
+    assert anywhere.decode_tasks == 53  # every CPU, the fleet's too, as without one
+    cpu_fleet = TagOptions().resolved({"CPU": 12.0}, decode_node_cpus=4.0)
+    assert (cpu_fleet.actors, cpu_fleet.cpus_per_actor, cpu_fleet.decode_tasks) == (8, 0.75, 4)
+    assert not cpu_fleet.may_stall(12.0)
+    # Asked for a fleet that is not up yet: how many decoders to ask an autoscaler for.
+    with pytest.raises(ValueError, match="no node labelled raytag/role=decode"):
+        TagOptions(decode_on="decode-nodes").resolved({"CPU": 8.0, "GPU": 1.0})
+    later = TagOptions(decode_on="decode-nodes", decode_tasks=64).resolved({"CPU": 8, "GPU": 1})
+    assert (later.decode_tasks, later.decode_label_selector) == (64, {"raytag/role": "decode"})
+    with pytest.raises(ValueError, match="decode_on must be one of"):
+        TagOptions(decode_on="gpu-nodes")
     for bad in ({"patch_batch_size": 0}, {"actors": 0}, {"cpus_per_actor": -1},
                 {"rows_per_execution": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="must be None"):
@@ -444,7 +584,8 @@ def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catal
     for cpu_bf16 in (False, True):
         options = TagOptions(cpu_bf16=cpu_bf16).resolved({"CPU": 2.0})
         try:
-            scores, embeddings = TagPredictor(loaded, options)._predict(patches)
+            replica = TagPredictor([loaded], [0], options).replicas[0]
+            scores, embeddings = replica._predict(patches)
         finally:
             torch.set_num_threads(threads)
         difference = np.abs(scores - plain[0]).max()
@@ -459,13 +600,13 @@ def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catal
 
 
 def test_killed_model_actor_is_replaced_and_nothing_is_lost(long_catalogue, tmp_path, ray_local):
-    catalogue, output = long_catalogue, str(tmp_path / "tags")
+    catalogue, output = long_catalogue, str(tmp_path / "tags" / "tiny-tagger-v3")
     slow = replace(OPTIONS, decode_batch_size=1, predict_batch_size=1, rows_per_file=2)
     result: dict = {}
 
     def run() -> None:
         try:
-            result["summary"] = tag_catalogue(catalogue.manifest, catalogue.model, output, slow)
+            result["summary"] = tag_one(catalogue.manifest, catalogue.model, str(tmp_path), slow)
         except Exception as error:  # reported below, on the test's thread
             result["error"] = error
 
@@ -494,9 +635,10 @@ def test_killed_model_actor_is_replaced_and_nothing_is_lost(long_catalogue, tmp_
 
 @pytest.mark.slow
 def test_killed_job_resumes_where_it_stopped(catalogue, tmp_path, ray_local) -> None:
-    output = str(tmp_path / "tags")
+    output = str(tmp_path / "tags" / "tiny-tagger-v3")
     command = [str(BIN / "python"), "jobs/tag.py", *cli_args(
-        manifest=catalogue.manifest, model=catalogue.model, output=output, ray_address="local",
+        manifest=catalogue.manifest, model=catalogue.model, output=tmp_path / "tags",
+        ray_address="local",
         max_patches=MAX_PATCHES, decode_batch_size=1, predict_batch_size=1, rows_per_file=2,
     )]  # fmt: skip
     log = (tmp_path / "first.log").open("w")
@@ -518,7 +660,7 @@ def test_killed_job_resumes_where_it_stopped(catalogue, tmp_path, ray_local) -> 
     fs, _ = filesystem(output)
     assert json.loads(fs.cat(f"{output}/_run.json"))["status"] == "running"
     checked = CliRunner().invoke(main, ["verify", *cli_args(manifest=catalogue.manifest,
-                                                            output=output)])  # fmt: skip
+                                                            output=tmp_path / "tags")])  # fmt: skip
     assert checked.exit_code == 1 and ", 0 surplus" in checked.output, checked.output
     missing = int(re.search(r"(\d+) missing", checked.output)[1])
     assert missing > 0
@@ -582,9 +724,9 @@ def test_s3_in_and_out_with_credentials_from_the_environment(
     catalogue: Catalogue, s3_bucket: str, s3_env: SeaweedS3
 ) -> None:
     manifest, rows = upload_catalogue(catalogue, s3_bucket)
-    output = f"{s3_bucket}/tags/run-1"
+    output = f"{s3_bucket}/tags/run-1/tiny-tagger-v3"
     # A process of its own: its Ray workers inherit the credentials from the environment.
-    options = cli_args(manifest=manifest, model=catalogue.model, output=output,
+    options = cli_args(manifest=manifest, model=catalogue.model, output=output.rsplit("/", 1)[0],
                        ray_address="local", max_patches=MAX_PATCHES)  # fmt: skip
     tag = subprocess.run(
         [str(BIN / "raytag"), "tag", *options], capture_output=True, text=True, timeout=300
@@ -613,6 +755,7 @@ def test_ray_job_submit_of_jobs_tag(catalogue, ray_head, s3_bucket: str, s3_env:
     options = cli_args(
         manifest=manifest, model=catalogue.model, output=output, max_patches=MAX_PATCHES
     )
+    output += "/tiny-tagger-v3"
     few_readers = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}  # see few_footer_readers
     submit = ray_head.submit("jobs/tag.py", *options, env_vars=few_readers, timeout=400)
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]

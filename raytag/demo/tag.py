@@ -40,12 +40,13 @@ def tag(
     from raytag.tagging.output import ERRORS, PREDICTIONS, RUN_FILE
 
     manifest, inputs = _tag_manifest(workdir, catalogue, real_tracks, bad_inputs)
-    output = workdir / "tags" / f"{model.name}-v{model.version}"
     say(f"tagging: {inputs.catalogue + inputs.real + inputs.bad} tracks ({inputs.catalogue} "
         f"generated, {inputs.real} real, {inputs.bad} broken) with {model.uri} "
         f"(version {model.version}), at most {max_patches} patches per track ...")  # fmt: skip
-    summary = tag_catalogue(manifest, model.uri, str(output), TagOptions(max_patches=max_patches))
+    options = TagOptions(max_patches=max_patches)
+    [summary] = tag_catalogue(manifest, [model.uri], str(workdir / "tags"), options)
     record = summary.record
+    output = Path(record["output"])
     worked = [a for a in record["attempts"] if a.get("predictions", 0) + a.get("errors", 0)]
     this = record["attempts"][-1]
     say(f"tagging: {summary.report.describe()}")

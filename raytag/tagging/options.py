@@ -15,6 +15,11 @@ from raytag.settings import none_if_zero, setting
 
 log = logging.getLogger(__name__)
 
+# The node label that makes a node part of the decode fleet: `ray start --labels
+# raytag/role=decode`, or `labels:` of a node type in cluster.yaml.
+ROLE_LABEL, DECODE_ROLE = "raytag/role", "decode"
+DECODE_ON = ("auto", "decode-nodes", "anywhere")
+
 # Rows per Ray Data execution, automatic: Ray Data keeps bookkeeping for every block it
 # has produced in the driver until an execution ends. Executions are sized to the cluster,
 # so each runs for minutes (a drain and a new actor pool between two cost seconds), and
@@ -35,6 +40,18 @@ class TagOptions:
     top_k: int = setting(5, "Tags kept in top_tags.")
     embedding: bool = setting(False, "Write the embedding.")
     decode_batch_size: int = setting(8, "Tracks per decode task.")
+    decode_on: str = setting(
+        "auto",
+        "Where tracks are decoded: decode-nodes (only nodes labelled raytag/role=decode; "
+        "an autoscaler adds them), anywhere (every node's CPUs, GPU nodes' too), or auto: "
+        "decode-nodes when the cluster has one, else anywhere. Model actors never run on "
+        "decode nodes.",
+    )
+    # Half float32's bytes through the object store; scores move by less than 1e-4
+    # (measured in docs/benchmarks.md).
+    pcm16: bool = setting(
+        True, "Patches cross the object store as 16-bit PCM with a per-track scale."
+    )
     # Actors where GPUs run the model, where decoding is the bottleneck: each actor keeps
     # its next block queued, so no core idles between blocks while the driver schedules.
     # Tasks on CPU-only clusters, where decoding is a minor share of the work and comes and
@@ -45,8 +62,9 @@ class TagOptions:
     )
     decode_tasks: int | None = setting(
         None,
-        "Concurrent decode tasks, or actors (default: with GPUs every CPU the model actors "
-        "leave but one; without, one per 4 CPUs).",
+        "Concurrent decode tasks, or actors (default: on decode nodes, one per decode "
+        "node CPU; else with GPUs every CPU the model actors leave but one; without, one "
+        "per 4 CPUs).",
     )
     # 1 where GPUs do the model (decoding is the bottleneck there); a fraction on CPU-only
     # clusters, where the model is most of the work and every core should run it.
@@ -106,23 +124,32 @@ class TagOptions:
                 raise ValueError(f"{name} must be None (automatic) or >= 0")
         if self.max_patches is not None and self.max_patches < 1:
             raise ValueError("max_patches must be None (all patches) or >= 1")
+        if self.decode_on not in DECODE_ON:
+            raise ValueError(f"decode_on must be one of {', '.join(DECODE_ON)}")
 
-    def resolved(self, cluster: dict[str, float]) -> TagOptions:
-        """Every automatic option decided for a cluster (``ray.cluster_resources()``).
+    def resolved(self, cluster: dict[str, float], decode_node_cpus: float = 0.0) -> TagOptions:
+        """Every automatic option decided for a cluster (``ray.cluster_resources()``, and
+        the CPUs of its nodes labelled ``raytag/role=decode``).
 
-        With GPUs: one actor per GPU, 256-patch forwards, and decode actors of 1 CPU each
-        on every CPU but one (the driver, the steps before decoding and the writes run
-        there). CPU only: one single-threaded actor per CPU (measured faster than fewer
-        multi-threaded ones), 8-patch forwards, and decode tasks at 0.25 CPU, at most one
-        per four CPUs: decoding is a minor share of the work there. The actors reserve 0.75
-        of a logical CPU each, less on small nodes, so that a whole one stays free beside
-        the full pool: the step that cuts pending rows into decode blocks runs at Ray
-        Data's 1 CPU and would otherwise wait for good (see
+        Decoding goes to the decode nodes when asked, or (``auto``) when there are any:
+        one decode actor of 1 CPU per CPU there, and the model actors never go there.
+        Without decode nodes, with GPUs: one actor per GPU, 256-patch forwards, and decode
+        actors of 1 CPU each on every CPU but one (the driver, the steps before decoding
+        and the writes run there). CPU only: one single-threaded actor per CPU (measured
+        faster than fewer multi-threaded ones), 8-patch forwards, and decode tasks at 0.25
+        CPU, at most one per four CPUs: decoding is a minor share of the work there. The
+        actors reserve 0.75 of a logical CPU each, less on small nodes, so that a whole one
+        stays free beside the full pool: the step that cuts pending rows into decode blocks
+        runs at Ray Data's 1 CPU and would otherwise wait for good (see
         :func:`raytag.tagging.pipeline.tag_rows`).
         Either way, executions of 12,500 pending rows per CPU, at most a million.
         """
         cpus = max(1, int(cluster.get("CPU", 1)))
         use_gpu = self.use_gpu if self.use_gpu is not None else cluster.get("GPU", 0) >= 1
+        decode_nodes = self.decode_on == "decode-nodes" or (
+            self.decode_on == "auto" and decode_node_cpus > 0
+        )
+        model_cpus = max(1, int(cpus - decode_node_cpus)) if decode_nodes else cpus
         if use_gpu:
             defaults = {
                 "actors": max(1, int(cluster.get("GPU", 1))),
@@ -133,21 +160,34 @@ class TagOptions:
             }
         else:  # cpus_per_actor follows from the rest, below
             defaults = {
-                "actors": cpus,
+                "actors": model_cpus,
                 "patch_batch_size": 8,
                 "decode_cpus": 0.25,
                 "decode_actors": False,
                 "decode_tasks": max(1, cpus // 4),
             }
+        if decode_nodes:  # CPUs that do nothing else: an actor per CPU, blocks queued
+            defaults.update(decode_cpus=1.0, decode_actors=True, decode_tasks=None)
+            if self.decode_tasks is None:
+                if decode_node_cpus < 1:
+                    raise ValueError(
+                        "decode_on=decode-nodes and no node labelled "
+                        f"{ROLE_LABEL}={DECODE_ROLE} is up: set decode_tasks to the decode "
+                        "actors to ask an autoscaler for"
+                    )
+                decode_cpus = self.decode_cpus or 1.0
+                defaults["decode_tasks"] = max(1, int(decode_node_cpus // decode_cpus))
         defaults["rows_per_execution"] = min(
             _MAX_ROWS_PER_EXECUTION, _ROWS_PER_EXECUTION_PER_CPU * cpus
         )
         chosen = {
             k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()
         }
-        resolved = replace(self, use_gpu=use_gpu, **chosen)
+        where = "decode-nodes" if decode_nodes else "anywhere"
+        resolved = replace(self, use_gpu=use_gpu, decode_on=where, **chosen)
         if resolved.cpus_per_actor is None:  # CPU only: one whole CPU left for the split
-            spare = cpus - 1 - resolved.decode_tasks * resolved.decode_cpus
+            decoding = 0.0 if decode_nodes else resolved.decode_tasks * resolved.decode_cpus
+            spare = model_cpus - 1 - decoding
             resolved = replace(
                 resolved, cpus_per_actor=max(0.25, min(0.75, spare / resolved.actors))
             )
@@ -169,6 +209,16 @@ class TagOptions:
                 resolved.decode_reserved_cpus,
             )
         return resolved
+
+    @property
+    def decode_label_selector(self) -> dict[str, str] | None:
+        """Where decode tasks may run (resolved options)."""
+        return {ROLE_LABEL: DECODE_ROLE} if self.decode_on == "decode-nodes" else None
+
+    @property
+    def model_label_selector(self) -> dict[str, str] | None:
+        """Where model actors may run (resolved options): never on the decode fleet."""
+        return {ROLE_LABEL: f"!{DECODE_ROLE}"} if self.decode_on == "decode-nodes" else None
 
     @property
     def decode_reserved_cpus(self) -> float:

@@ -1,12 +1,16 @@
 """The one definition of a tagging run's output: its layout, schemas and file naming.
 
-Layout under ``output`` (a local folder or an ``s3://`` prefix)::
+Layout under ``output`` (a local folder or an ``s3://`` prefix): one folder per model,
+``NAME-vVERSION`` (:func:`model_output`), so that one run can tag with several models
+and a later run can add a model or resume one::
 
-    predictions/*.parquet  the manifest's columns, then model_name, model_version, scores,
-                           top_tags, duration_s, n_patches[, embedding]
-    errors/*.parquet       track_id, uri, error_code, message
-    vocabulary.json        the tag order of ``scores``
-    _run.json              status, model, counts, attempts (options, throughput), versions
+    NAME-vVERSION/
+      predictions/*.parquet  the manifest's columns, then model_name, model_version,
+                             scores, top_tags, duration_s, n_patches[, embedding]
+      errors/*.parquet       track_id, uri, error_code, message
+      vocabulary.json        the tag order of ``scores``
+      _run.json              status, model, counts, attempts (options, throughput,
+                             decoding, placement), versions
 
 Files appear whole (a rename on local disks, a single object on S3) under names fixed per
 attempt, execution and write task, so a retried write task overwrites its own files and
@@ -17,6 +21,7 @@ all read and write through this module.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -41,8 +46,6 @@ MESSAGE = "message"
 SCORES = "scores"
 DURATION = "duration_s"
 N_PATCHES = "n_patches"
-# Each track's decoded patches, flattened, between the decode and model stages; never written.
-PATCHES = "patches"
 
 TOP_TAG = pa.struct([("tag", pa.string()), ("score", pa.float32())])
 _VECTOR = pa.list_(pa.float32())
@@ -58,15 +61,29 @@ EMBEDDING_FIELD = pa.field("embedding", _VECTOR)
 DECODE_FIELDS = (pa.field(DURATION, pa.float64()), pa.field(N_PATCHES, pa.int32()))
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in (TRACK_ID, URI, ERROR_CODE, MESSAGE)])
 # A manifest column of one of these names would be overwritten on its way through the job.
+# Columns starting with "_" are the job's own, between its stages; never written.
 ADDED_COLUMNS = frozenset(
-    [ERROR_CODE, MESSAGE, PATCHES, EMBEDDING_FIELD.name]
-    + [f.name for f in (*MODEL_FIELDS, *DECODE_FIELDS)]
+    [ERROR_CODE, MESSAGE, EMBEDDING_FIELD.name] + [f.name for f in (*MODEL_FIELDS, *DECODE_FIELDS)]
 )
 _FILES_PER_READ = 16  # output files per read task
 
 
 class TagError(RuntimeError):
     """The run cannot start or resume as asked (e.g. the output holds another model's run)."""
+
+
+def model_output(output: str, name: str, version: str) -> str:
+    """The folder of one model's outputs under a run's ``output``: ``NAME-vVERSION``, with
+    any character a path or an object key would trip on replaced by ``_``."""
+    return join(output, re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-v{version}"))
+
+
+def model_outputs(output: str) -> list[str]:
+    """The model folders of a run's ``output`` (those holding a ``_run.json``)."""
+    fs, path = arrow_filesystem(output)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    folders = sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+    return [join(output, name) for name in folders if read_run(join(output, name)) is not None]
 
 
 def model_fields(embedding: bool) -> list[pa.Field]:

@@ -1,12 +1,16 @@
-"""The tagging job: a Parquet manifest in, Parquet predictions and errors out, exactly once.
+"""The tagging job: a Parquet manifest in, Parquet predictions and errors out, exactly
+once per model, each track decoded once for all models.
 
     open_manifest            check files and schema before any work
-    pending_rows             pair the manifest with --output: only rows without an output
-                             row are tagged (a rerun resumes), bad rows become error rows
-    decode   (CPU)           URI -> 16 kHz mono patches         stages.decode_batch/Decoder
+    pending_rows             pair the manifest with each model's folder in --output: only
+                             rows some model lacks are decoded (a rerun resumes, an added
+                             model tags only its rows), bad rows become error rows
+    decode   (CPU, decode    URI -> 16 kHz mono, each model's   stages.decode_batch/Decoder
+              nodes)         patches as 16-bit PCM
     predict  (GPU or CPU)    patches -> scores, top tags        stages.TagPredictor
-    write                    predictions/ + errors/ Parquet     stages.TagSink
-    verify                   every manifest row in exactly one output row, or the run fails
+    write                    per model: predictions/ + errors/  stages.TagSink
+    verify                   per model: every manifest row in exactly one output row, or
+                             the run fails
 
 A big manifest is tagged as consecutive Ray Data executions of about
 ``TagOptions.rows_per_execution`` pending rows each (whole reconciliation buckets), so the
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -29,8 +34,14 @@ import ray.data
 
 from raytag.config import AudioConfig
 from raytag.manifest import open_manifest
-from raytag.tagging.options import TagOptions
-from raytag.tagging.output import check_manifest_columns, prediction_schema, write_run
+from raytag.tagging.options import DECODE_ROLE, ROLE_LABEL, TagOptions
+from raytag.tagging.output import (
+    TagError,
+    check_manifest_columns,
+    model_output,
+    prediction_schema,
+    write_run,
+)
 from raytag.tagging.reconcile import (
     IncompleteRunError,
     bucket_count,
@@ -53,62 +64,86 @@ _WRITE_CPUS = 0
 
 
 def tag_catalogue(
-    manifest_uri: str, model_uri: str, output: str, options: TagOptions | None = None
-) -> RunSummary:
-    """Tag every manifest row not yet in ``output``, verify exactly-once, write ``_run.json``.
+    manifest_uri: str,
+    model_uris: Sequence[str],
+    output: str,
+    options: TagOptions | None = None,
+) -> list[RunSummary]:
+    """Tag every manifest row that some model's folder in ``output`` lacks, decoding each
+    track once for all models; verify each model's output exactly-once and write its
+    ``_run.json``. One summary per model, in order.
 
     Raises ManifestError or TagError before any work, IncompleteRunError at the end when
-    a row is missing or written twice.
+    a model's output misses a row or holds one twice.
     """
     options = options or TagOptions()
     started = time.time()
     manifest = open_manifest(manifest_uri)
     check_manifest_columns(manifest)
-    model = resolve_model(model_uri)
-    audio = replace(model.audio, max_patches=options.max_patches)
-    earlier = start_run(output, manifest, model_uri, model, started)
+    models = [resolve_model(uri) for uri in model_uris]
+    outputs = [model_output(output, model.name, model.version) for model in models]
+    if not models or len(set(outputs)) < len(outputs):
+        raise TagError("give each model once (one output folder per model name and version)")
+    # Each model's patch policy; models that share one share its patches.
+    policies = list(
+        dict.fromkeys(replace(m.audio, max_patches=options.max_patches) for m in models)
+    )
+    policy_of = [policies.index(replace(m.audio, max_patches=options.max_patches)) for m in models]
+    earlier = [
+        start_run(out, manifest, uri, model, started)
+        for out, uri, model in zip(outputs, model_uris, models, strict=True)
+    ]
 
-    unmatched, n_pending = pending_rows(manifest, output)
+    unmatched, n_pending = pending_rows(manifest, outputs)
     sink = TagSink(
-        output, prediction_schema(manifest, options.embedding).names, options.rows_per_file
+        outputs,
+        policy_of,
+        prediction_schema(manifest, options.embedding).names,
+        options.rows_per_file,
     )
     phases = {"plan_s": time.time() - started}
     if n_pending:
-        cluster = ray.cluster_resources()
-        options = options.resolved(cluster)
-        steady_pool = not options.may_stall(cluster.get("CPU", 0))
+        options = options.resolved(ray.cluster_resources(), _decode_node_cpus())
+        steady_pool = not options.may_stall(ray.cluster_resources().get("CPU", 0))
         # Whole buckets per execution, so each bucket's copies of a track_id stay together.
         parts = min(-(-n_pending // options.rows_per_execution), bucket_count(manifest))
         for part in range(parts):
             if parts > 1:
                 log.info("tagging part %d of %d of %d pending rows", part + 1, parts, n_pending)
             sink.part = part
-            rows = pending_part(unmatched, manifest.normalised_schema, part, parts)
-            tag_rows(rows, sink, model, audio, options, steady_pool)
+            schema = manifest.normalised_schema
+            rows = pending_part(unmatched, schema, len(outputs), part, parts)
+            tag_rows(rows, sink, models, tuple(policies), policy_of, options, steady_pool)
     phases["tag_s"] = time.time() - started - phases["plan_s"]
 
-    report = verify_manifest(manifest, output)
+    reports = [verify_manifest(manifest, out) for out in outputs]
     phases["verify_s"] = time.time() - started - phases["plan_s"] - phases["tag_s"]
-    attempt = attempt_record(started, sink.written, options, phases)
-    summary = RunSummary(
-        record=run_record(manifest, model_uri, model, output, report, [*earlier, attempt]),
-        report=report,
-    )
-    write_run(output, summary.record)
-    if not report.ok:
-        raise IncompleteRunError(report)
-    return summary
+    decoding = {**sink.decoding(), "models": [out.rsplit("/", 1)[-1] for out in outputs]}
+    summaries = []
+    for index, (out, uri, model, report) in enumerate(
+        zip(outputs, model_uris, models, reports, strict=True)
+    ):
+        written = sink.model_counts(index)
+        attempt = attempt_record(started, written, decoding, options, phases)
+        record = run_record(manifest, uri, model, out, report, [*earlier[index], attempt])
+        write_run(out, record)
+        summaries.append(RunSummary(record=record, report=report))
+    for report in reports:
+        if not report.ok:
+            raise IncompleteRunError(report)
+    return summaries
 
 
 def tag_rows(
     rows: ray.data.Dataset,
     sink: TagSink,
-    model: LoadedModel,
-    audio: AudioConfig,
+    models: list[LoadedModel],
+    policies: tuple[AudioConfig, ...],
+    policy_of: list[int],
     options: TagOptions,
     steady_pool: bool,
 ) -> None:
-    """One Ray Data execution: decode, tag and write ``rows``.
+    """One Ray Data execution: decode (once for every model), tag and write ``rows``.
 
     With ``steady_pool`` the model pool starts at full size and never shrinks by
     utilisation, only when the inputs are done. With Ray Data's default (shrink at <= 0.5
@@ -133,16 +168,17 @@ def tag_rows(
         rows.repartition(target_num_rows_per_block=options.decode_batch_size)
         .map_batches(
             decode,
-            fn_kwargs={"audio": audio},
+            fn_kwargs={"policies": policies, "pcm16": options.pcm16},
             batch_size=options.decode_batch_size,
             batch_format="pyarrow",
             num_cpus=options.decode_cpus,
             memory=options.decode_memory_mb * 2**20,
             compute=decode_pool,
+            label_selector=options.decode_label_selector,
         )
         .map_batches(
             TagPredictor,
-            fn_constructor_kwargs={"model": model, "options": options},
+            fn_constructor_kwargs={"models": models, "policy_of": policy_of, "options": options},
             batch_size=options.predict_batch_size,
             batch_format="pyarrow",
             # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) replace a
@@ -154,9 +190,19 @@ def tag_rows(
             ),
             num_cpus=options.cpus_per_actor,
             num_gpus=1 if options.use_gpu else 0,
+            label_selector=options.model_label_selector,
             runtime_env={"env_vars": model_process_env()},  # malloc keeps freed memory
         )
         .write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_CPUS})
+    )
+
+
+def _decode_node_cpus() -> float:
+    """CPUs of the live nodes labelled as the decode fleet."""
+    return sum(
+        node["Resources"].get("CPU", 0.0)
+        for node in ray.nodes()
+        if node["Alive"] and node.get("Labels", {}).get(ROLE_LABEL) == DECODE_ROLE
     )
 
 

@@ -1,10 +1,12 @@
-"""Pair a manifest with what an output already holds: the rows still to tag, and verify.
+"""Pair a manifest with what its outputs already hold: the rows still to tag, and verify.
 
 Rows meet in buckets by a stable hash of ``track_id`` (a hash shuffle on Ray Data, never
-a driver-side set), so every row of a track is in one bucket; there they pair off by
-``(track_id, uri)`` as multisets. A manifest row with no partner is pending; an output
-row with no partner is surplus (written twice, or another manifest's). A rerun tags only
-the pending rows; :func:`verify` is the same pairing, counted.
+a driver-side set), so every row of a track is in one bucket; there each output's rows
+pair off with the manifest's by ``(track_id, uri)`` as multisets. A manifest row that
+some output (one per model) has no partner for is pending, marked with the outputs that
+lack it; an output row with no partner is surplus (written twice, or another
+manifest's). A rerun decodes only the rows some model still lacks; :func:`verify` is the
+same pairing for one output, counted.
 
 Every row of a ``track_id`` that appears more than once is an error row
 (``duplicate_track_id``): which of its URIs is meant cannot be known.
@@ -32,9 +34,9 @@ from raytag.tagging.output import (
     read_output,
 )
 
-# The side a row comes from, its bucket (a stable hash of its track_id), how many
-# manifest rows share its track_id.
-_SIDE, _BUCKET, _COPIES = "_side", "_bucket", "_copies"
+# The side a row comes from, the output it was read from (its index; -1: the manifest),
+# its bucket (a stable hash of its track_id), how many manifest rows share its track_id.
+_SIDE, _OUTPUT, _BUCKET, _COPIES = "_side", "_output", "_bucket", "_copies"
 MANIFEST_SIDE, PREDICTION_SIDE, ERROR_SIDE = "manifest", "prediction", "error"
 _KEY_SCHEMA = pa.schema([(TRACK_ID, pa.string()), (URI, pa.string())])
 # Rows meet in buckets of about this many rows: one Python call per bucket, not per track.
@@ -52,33 +54,39 @@ class IncompleteRunError(RuntimeError):
         self.report = report
 
 
-def pending_rows(manifest: Manifest, output: str) -> tuple[ray.data.Dataset, int]:
-    """Rows of the manifest and ``output`` that do not pair off (materialized), and how
-    many manifest rows are among them: the rows to tag (see :func:`pending_part`).
+def todo_column(index: int) -> str:
+    """The column saying whether the ``index``-th output still lacks a pending row."""
+    return f"_todo_{index}"
 
-    Refuses to resume when ``output`` holds rows this manifest does not account for
+
+def pending_rows(manifest: Manifest, outputs: list[str]) -> tuple[ray.data.Dataset, int]:
+    """Rows of the manifest and ``outputs`` that do not pair off (materialized), and how
+    many manifest rows are among them: the rows some output still lacks, each with a
+    :func:`todo_column` per output (see :func:`pending_part`).
+
+    Refuses to resume when an output holds rows this manifest does not account for
     (another manifest, or rows written twice): adding to it could never verify.
     """
-    unmatched = _unmatched_rows(manifest, output, manifest.normalised_schema).materialize()
+    unmatched = _unmatched_rows(manifest, outputs, manifest.normalised_schema).materialize()
     sides = count_values(unmatched, _SIDE)
     surplus = sides[PREDICTION_SIDE] + sides[ERROR_SIDE]
     if surplus:
         raise TagError(
-            f"{output} holds {surplus} row(s) this manifest does not account for "
-            "(another manifest, or rows written twice: see `raytag verify`); "
-            "tag into a new --output"
+            f"{', '.join(outputs)} hold(s) {surplus} row(s) this manifest does not account "
+            "for (another manifest, or rows written twice: see `raytag verify`); tag into a "
+            "new --output"
         )
     return unmatched, sides[MANIFEST_SIDE]
 
 
 def pending_part(
-    unmatched: ray.data.Dataset, schema: pa.Schema, part: int, parts: int
+    unmatched: ray.data.Dataset, schema: pa.Schema, outputs: int, part: int, parts: int
 ) -> ray.data.Dataset:
     """The pending manifest rows of buckets ``part``, ``part + parts``, ..., each with the
-    manifest's verdict (error_code/message)."""
+    manifest's verdict (error_code/message) and which of the ``outputs`` lack it."""
     return unmatched.map_batches(
         _checked_manifest_rows,
-        fn_kwargs={"schema": schema, "part": part, "parts": parts},
+        fn_kwargs={"schema": schema, "outputs": outputs, "part": part, "parts": parts},
         batch_format="pyarrow",
     )
 
@@ -87,36 +95,41 @@ def bucket_count(manifest: Manifest) -> int:
     return 1 + manifest.num_rows // _ROWS_PER_BUCKET
 
 
-def _unmatched_rows(manifest: Manifest, output: str, schema: pa.Schema) -> ray.data.Dataset:
-    """Manifest rows without an output row and output rows without a manifest row.
+def _unmatched_rows(manifest: Manifest, outputs: list[str], schema: pa.Schema) -> ray.data.Dataset:
+    """Manifest rows that some output lacks and output rows without a manifest row.
 
     Rows meet in buckets by a stable hash of ``track_id`` (a hash shuffle, ``groupby``),
-    so every row of a track is in one bucket; there they pair off by ``(track_id, uri)``,
-    as multisets. Nothing is collected on the driver.
+    so every row of a track is in one bucket; there each output's rows pair off with the
+    manifest's by ``(track_id, uri)``, as multisets. Nothing is collected on the driver.
     """
     buckets = bucket_count(manifest)
-    parts = [_as_side(manifest.read(schema.names), MANIFEST_SIDE, schema, buckets)]
-    for side, folder in ((PREDICTION_SIDE, PREDICTIONS), (ERROR_SIDE, ERRORS)):
-        written = read_output(output, folder, [TRACK_ID, URI])
-        if written is not None:
-            parts.append(_as_side(written, side, schema, buckets))
+    parts = [_as_side(manifest.read(schema.names), MANIFEST_SIDE, -1, schema, buckets)]
+    for index, output in enumerate(outputs):
+        for side, folder in ((PREDICTION_SIDE, PREDICTIONS), (ERROR_SIDE, ERRORS)):
+            written = read_output(output, folder, [TRACK_ID, URI])
+            if written is not None:
+                parts.append(_as_side(written, side, index, schema, buckets))
     rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     partitions = min(_MAX_PARTITIONS, 1 + manifest.num_rows // _ROWS_PER_PARTITION)
     return rows.groupby(_BUCKET, num_partitions=partitions).map_groups(
-        _unmatched_in_bucket, batch_format="pyarrow"
+        _unmatched_in_bucket, fn_kwargs={"outputs": len(outputs)}, batch_format="pyarrow"
     )
 
 
-def _as_side(ds: ray.data.Dataset, side: str, schema: pa.Schema, buckets: int) -> ray.data.Dataset:
+def _as_side(
+    ds: ray.data.Dataset, side: str, output: int, schema: pa.Schema, buckets: int
+) -> ray.data.Dataset:
     return ds.map_batches(
         _side_rows,
-        fn_kwargs={"side": side, "schema": schema, "buckets": buckets},
+        fn_kwargs={"side": side, "output": output, "schema": schema, "buckets": buckets},
         batch_format="pyarrow",
     )
 
 
-def _side_rows(batch: pa.Table, side: str, schema: pa.Schema, buckets: int) -> pa.Table:
-    """``batch`` in ``schema`` (absent columns null), with its side and bucket."""
+def _side_rows(
+    batch: pa.Table, side: str, output: int, schema: pa.Schema, buckets: int
+) -> pa.Table:
+    """``batch`` in ``schema`` (absent columns null), with its side, output and bucket."""
     n = batch.num_rows
     columns = [
         batch[f.name].cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
@@ -126,36 +139,57 @@ def _side_rows(batch: pa.Table, side: str, schema: pa.Schema, buckets: int) -> p
     # crc32, not hash(): the same bucket in every worker process.
     bucket = [zlib.crc32((t or "").encode()) % buckets for t in table[TRACK_ID].to_pylist()]
     table = table.append_column(_BUCKET, pa.array(bucket, pa.int32()))
+    table = table.append_column(_OUTPUT, pa.array([output] * n, pa.int32()))
     return table.append_column(_SIDE, pa.array([side] * n, pa.string()))
 
 
-def _unmatched_in_bucket(rows: pa.Table) -> pa.Table:
-    """Pair manifest and output rows by ``(track_id, uri)``; keep the unpaired ones, with
-    ``_copies``: how many manifest rows share their ``track_id``."""
+def _unmatched_in_bucket(rows: pa.Table, outputs: int) -> pa.Table:
+    """Pair each output's rows with the manifest's by ``(track_id, uri)``; keep the
+    manifest rows some output lacks (``_todo_N``: whether output N lacks it) and every
+    unpaired output row, with ``_copies``: how many manifest rows share their track_id."""
     track_ids = rows[TRACK_ID].to_pylist()
     keys = list(zip(track_ids, rows[URI].to_pylist(), strict=True))
-    from_manifest = [side == MANIFEST_SIDE for side in rows[_SIDE].to_pylist()]
-    written = Counter(key for key, m in zip(keys, from_manifest, strict=True) if not m)
-    wanted = Counter(key for key, m in zip(keys, from_manifest, strict=True) if m)
-    copies = Counter(t for t, m in zip(track_ids, from_manifest, strict=True) if m)
-    keep = []
-    for row, (key, m) in enumerate(zip(keys, from_manifest, strict=True)):
-        partners = written if m else wanted
-        if partners[key]:
-            partners[key] -= 1
-        else:
-            keep.append(row)
-    kept_copies = pa.array([copies[track_ids[row]] for row in keep], pa.int32())
-    return rows.take(pa.array(keep, pa.int64())).append_column(_COPIES, kept_copies)
+    origins = rows[_OUTPUT].to_pylist()  # -1: the manifest
+    from_manifest = [row for row, origin in enumerate(origins) if origin < 0]
+    copies = Counter(track_ids[row] for row in from_manifest)
+    todo = {row: [True] * outputs for row in from_manifest}
+    keep = set()
+    for output in range(outputs):
+        written = Counter(keys[row] for row, origin in enumerate(origins) if origin == output)
+        for row in from_manifest:
+            if written[keys[row]]:
+                written[keys[row]] -= 1
+                todo[row][output] = False
+        wanted = Counter(keys[row] for row in from_manifest)
+        for row, origin in enumerate(origins):
+            if origin == output:
+                if wanted[keys[row]]:
+                    wanted[keys[row]] -= 1
+                else:
+                    keep.add(row)  # surplus: written twice, or another manifest's
+    keep.update(row for row in from_manifest if any(todo[row]))
+    kept = sorted(keep)
+    table = rows.take(pa.array(kept, pa.int64()))
+    table = table.append_column(_COPIES, pa.array([copies[track_ids[r]] for r in kept], pa.int32()))
+    for output in range(outputs):
+        flags = [todo[row][output] if row in todo else None for row in kept]
+        table = table.append_column(todo_column(output), pa.array(flags, pa.bool_()))
+    return table
 
 
-def _checked_manifest_rows(batch: pa.Table, schema: pa.Schema, part: int, parts: int) -> pa.Table:
+def _checked_manifest_rows(
+    batch: pa.Table, schema: pa.Schema, outputs: int, part: int, parts: int
+) -> pa.Table:
     """The manifest rows of this part's buckets, with error_code/message set where a row
-    cannot be tagged."""
+    cannot be tagged, and which outputs lack each row."""
     in_part = pa.array(batch[_BUCKET].to_numpy() % parts == part)
     rows = batch.filter(pc.and_(pc.equal(batch[_SIDE], MANIFEST_SIDE), in_part))
     code, message = check_rows(rows, rows[_COPIES])
-    return rows.select(schema.names).append_column(ERROR_CODE, code).append_column(MESSAGE, message)
+    table = rows.select(schema.names).append_column(ERROR_CODE, code)
+    table = table.append_column(MESSAGE, message)
+    for output in range(outputs):
+        table = table.append_column(todo_column(output), rows[todo_column(output)])
+    return table
 
 
 def count_values(rows: ray.data.Dataset, column: str) -> Counter[str]:
@@ -206,7 +240,7 @@ def verify(manifest_uri: str, output: str) -> VerifyReport:
 
 
 def verify_manifest(manifest: Manifest, output: str, n_examples: int = 5) -> VerifyReport:
-    unmatched = _unmatched_rows(manifest, output, _KEY_SCHEMA).materialize()
+    unmatched = _unmatched_rows(manifest, [output], _KEY_SCHEMA).materialize()
     sides = count_values(unmatched, _SIDE)
     return VerifyReport(
         manifest_rows=manifest.num_rows,

@@ -62,11 +62,16 @@ def start_run(
 
 
 def attempt_record(
-    started: float, written: Counter[str], options: TagOptions, phases: dict[str, float]
+    started: float,
+    written: Counter[str],
+    decoding: dict[str, Any],
+    options: TagOptions,
+    phases: dict[str, float],
 ) -> dict:
-    """This attempt's counts and rates; ``phases``: seconds spent pairing the manifest with
-    the output (plan), tagging, and verifying, so a run's fixed costs show apart from its
-    throughput."""
+    """This attempt's counts and rates for one model; ``decoding``: what decoding cost and
+    where it and the model ran (shared by the models tagged together); ``phases``: seconds
+    spent pairing the manifest with the outputs (plan), tagging, and verifying, so a run's
+    fixed costs show apart from its throughput."""
     finished = time.time()
     wall_s = max(finished - started, 1e-6)
     rows = written["predictions"] + written["errors"]
@@ -80,6 +85,7 @@ def attempt_record(
         "tracks_per_s": round(rows / wall_s, 3),
         "audio_hours_per_hour": round(written["audio_seconds"] / wall_s, 3),
         "phases_s": {name: round(seconds, 3) for name, seconds in phases.items()},
+        "decoding": decoding,
         "options": asdict(options),
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
     }
