@@ -1,8 +1,9 @@
-"""`ray job submit --working-dir . -- python jobs/tag.py --manifest M --model MODEL --output O`
+"""`ray job submit --working-dir . -- python jobs/tag.py --manifest M --model A --output O`
 
-The same options as `raytag tag --help`. Inside a Ray job, RAY_ADDRESS is set, so tagging
-joins the job's cluster; run directly, it starts a local Ray. Rerun the same command to
-resume after a failure: only the rows missing from --output are tagged.
+The same options as `raytag tag --help` (repeat --model for several models). Inside a Ray
+job, RAY_ADDRESS is set, so tagging joins the job's cluster; run directly, it starts a
+local Ray. Rerun the same command to resume after a failure: only the rows some model's
+folder in --output lacks are decoded.
 """
 
 from raytag.cli import tag_command

@@ -78,8 +78,9 @@ def decode_command(
 )
 @click.option(
     "--predictions",
-    help="Or take the scores a complete `raytag tag` run wrote to this --output (local or "
-    "s3://): how a test set too big for one process is evaluated.",
+    help="Or take the scores a complete `raytag tag` run wrote to this model folder "
+    "(OUTPUT/NAME-vVERSION, local or s3://): how a test set too big for one process is "
+    "evaluated.",
 )
 @click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
 @click.option("--output", required=True, type=click.Path(), help="Where to write metrics.json.")

@@ -547,7 +547,7 @@ def test_automatic_options_fit_the_cluster() -> None:
     assert (cpu_fleet.actors, cpu_fleet.cpus_per_actor, cpu_fleet.decode_tasks) == (8, 0.75, 4)
     assert not cpu_fleet.may_stall(12.0)
     # Asked for a fleet that is not up yet: how many decoders to ask an autoscaler for.
-    with pytest.raises(ValueError, match="no node labelled raytag/role=decode"):
+    with pytest.raises(TagError, match="no node labelled raytag/role=decode is up: give --decode"):
         TagOptions(decode_on="decode-nodes").resolved({"CPU": 8.0, "GPU": 1.0})
     later = TagOptions(decode_on="decode-nodes", decode_tasks=64).resolved({"CPU": 8, "GPU": 1})
     assert (later.decode_tasks, later.decode_label_selector) == (64, {"raytag/role": "decode"})

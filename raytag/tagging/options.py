@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from raytag.settings import none_if_zero, setting
+from raytag.tagging.output import TagError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class TagOptions:
         "auto",
         "Where tracks are decoded: decode-nodes (only nodes labelled raytag/role=decode; "
         "an autoscaler adds them), anywhere (every node's CPUs, GPU nodes' too), or auto: "
-        "decode-nodes when the cluster has one, else anywhere. Model actors never run on "
-        "decode nodes.",
+        "decode-nodes when the cluster has one, else anywhere. While decoding is on decode "
+        "nodes, model actors stay off them.",
     )
     # Half float32's bytes through the object store; scores move by less than 1e-4
     # (measured in docs/benchmarks.md).
@@ -170,10 +171,10 @@ class TagOptions:
             defaults.update(decode_cpus=1.0, decode_actors=True, decode_tasks=None)
             if self.decode_tasks is None:
                 if decode_node_cpus < 1:
-                    raise ValueError(
-                        "decode_on=decode-nodes and no node labelled "
-                        f"{ROLE_LABEL}={DECODE_ROLE} is up: set decode_tasks to the decode "
-                        "actors to ask an autoscaler for"
+                    raise TagError(
+                        f"--decode-on decode-nodes and no node labelled {ROLE_LABEL}="
+                        f"{DECODE_ROLE} is up: give --decode-tasks, the decode actors to ask "
+                        "an autoscaler for"
                     )
                 decode_cpus = self.decode_cpus or 1.0
                 defaults["decode_tasks"] = max(1, int(decode_node_cpus // decode_cpus))

@@ -206,8 +206,10 @@ class TagPredictor:
                 columns[model_column(index, name)] = _scatter(values, wanted)
         node = ray.get_runtime_context().get_node_id()
         columns[MODEL_NODE] = pa.array([node] * batch.num_rows, pa.string())
-        internal = [c for c in batch.column_names if c.startswith(("_patches_", "_scale_"))]
-        return _set_columns(batch.drop_columns(internal), columns)
+        policies = range(max(self.policy_of) + 1)
+        audio = [patches_column(p) for p in policies] + [scale_column(p) for p in policies]
+        spent = [name for name in audio if name in batch.column_names]  # the sink needs none
+        return _set_columns(batch.drop_columns(spent), columns)
 
 
 class _Replica:
