@@ -7,15 +7,18 @@ against one run per model, on the inputs of bench/tagging.py.
      decoded once by ``decode_batch`` (16-bit PCM, the default) before anything is timed;
    - model ceiling: forward passes only over those patches, in one process started as
      the model actors are (``model_process_env``), with an actor's thread count and forward
-     batch, before and after the stage (the ratios use the mean);
+     batch; and, where the pool has several actors, as many such processes at once (the
+     pool's ceiling: they share the cores as the actors do). Before and after the stage;
+     the ratios use the means;
    - stage: the decoded rows, ``--repeat`` times under distinct track ids, in blocks of
      ``predict_batch_size`` rows in the object store, then only the model stage,
      ``map_batches(TagPredictor, ...)`` with ``tag_rows``' arguments, consumed to the end
      on a fresh local Ray. Before it, the same process runs ``TagPredictor`` on the
      blocks itself (no Ray in between), and Ray Data's own figures for the map are kept.
-     Where the pool's time goes is split per patch: the forward, the int16 -> float32
-     conversion (``stored_patches``), the rest of the predictor's call, Ray Data's work
-     around the call in the actor, and the pool's idle time.
+     Where the pool's time goes is split per patch: the forward (alone, and what sharing
+     the cores with the other actors adds), the int16 -> float32 conversion
+     (``stored_patches``), the rest of the predictor's call, what the call costs more in
+     an actor, Ray Data's work around the call in the actor, and the pool's idle time.
 
 2. Multi-model against N runs: the same manifest tagged by one ``tag_catalogue`` run with
    every ``--multi-models`` model (each track decoded once), then by one run per model
@@ -42,8 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from record import load_average, new_record, save
 from tagging import (
@@ -58,9 +63,17 @@ from tagging import (
     write_manifest,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from ray.data._internal.stats import StatsSummary
+
+    from raytag.tagging import TagOptions
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "pipeline.json"
 DECODED = "decoded.arrow"
+# Patches the CPU ceilings run: enough for a steady rate, and seconds, not minutes.
+CPU_CEILING_PATCHES = 512
 # Ray Data's figures for the map (the summary of its operator, and its execution metrics).
 _OPERATOR_TIMES = (
     "wall_time",
@@ -120,7 +133,7 @@ def _start_ray(device: str) -> float:
     return time.perf_counter() - started
 
 
-def _resolved_options(max_patches: int):
+def _resolved_options(max_patches: int) -> TagOptions:
     import ray
 
     from raytag.tagging import TagOptions
@@ -128,7 +141,7 @@ def _resolved_options(max_patches: int):
     return TagOptions(max_patches=max_patches).resolved(ray.cluster_resources())
 
 
-def _read_decoded(folder: str):
+def _read_decoded(folder: str) -> pa.Table:
     """The decoded rows :func:`stage_decode` wrote, memory-mapped."""
     import pyarrow as pa
 
@@ -136,12 +149,12 @@ def _read_decoded(folder: str):
         return pa.ipc.open_file(source).read_all()
 
 
-def _blocks(table, rows: int) -> list:
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     """``table`` cut into contiguous blocks of ``rows`` rows."""
     return [table.slice(start, rows).combine_chunks() for start in range(0, table.num_rows, rows)]
 
 
-def _patch_count(table) -> int:
+def _patch_count(table: pa.Table) -> int:
     from raytag.tagging.stages import n_patches_column
 
     return int(table[n_patches_column(0)].to_numpy().sum())
@@ -199,9 +212,11 @@ def stage_ceiling(
     patch_batch_size: int,
     predict_batch_size: int,
     cpu_bf16: bool,
+    barrier: str | None = None,
 ) -> dict:
     """Model ceiling: forward passes only over the decoded patches, with an actor's
-    threads and forward batch; and what their int16 -> float32 conversion costs."""
+    threads and forward batch; and what their int16 -> float32 conversion costs. With
+    ``barrier`` (:func:`run_stages`), the forwards start when every process is ready."""
     import numpy as np
     import torch
 
@@ -209,16 +224,24 @@ def stage_ceiling(
     from raytag.tagging.stages import stored_patches
 
     torch.set_num_threads(threads)
-    blocks = _blocks(_read_decoded(folder), predict_batch_size)
-    started = time.perf_counter()
-    converted = [stored_patches(block, 0) for block in blocks]
-    conversion_s = time.perf_counter() - started
-    patches = torch.from_numpy(np.concatenate(converted))
+    blocks = _ceiling_blocks(folder, predict_batch_size, device)
+    patches = torch.from_numpy(np.concatenate([stored_patches(block, 0) for block in blocks]))
     n_converted = len(patches)
+    # Each block's floats dropped at once, as an actor's are, so that malloc hands the same
+    # memory back: converting into fresh pages costs ~10x more here (page faults).
+    started = time.perf_counter()
+    for block in blocks:
+        stored_patches(block, 0)
+    conversion_s = time.perf_counter() - started
     if device == "cuda":  # enough forwards to time: a GPU runs a few files' in a blink
         patches = patches.repeat(-(-64 * patch_batch_size // len(patches)), 1)
     model = load_model(model_dir).model.to(device)
+    if barrier:
+        _wait_for_all(barrier)
+    cpu_started = time.process_time()
     wall = _time_forward(model.embed, patches, patch_batch_size, device, cpu_bf16)
+    # _time_forward's CPU time covers its warm-up batch too; its wall does not.
+    cpu_per_patch = (time.process_time() - cpu_started) / (len(patches) + patch_batch_size)
     return {
         "device": device,
         "threads": torch.get_num_threads(),
@@ -227,10 +250,37 @@ def stage_ceiling(
         "wall_s": round(wall, 2),
         "patches_per_s": round(len(patches) / wall, 2),
         "forward_ms_per_patch": round(1000 * wall / len(patches), 3),
+        # Below 1 where other processes took the cores (a shared machine).
+        "cpu_over_wall": round(cpu_per_patch * len(patches) / wall, 3),
+        "patches_per_cpu_s": round(1 / cpu_per_patch, 2),
         "int16_to_float32_ms_per_patch": round(1000 * conversion_s / n_converted, 3),
         "peak_rss_mb": _own_peak_rss_mb(),
         "load_avg": load_average(),
     }
+
+
+def _ceiling_blocks(folder: str, rows: int, device: str) -> list[pa.Table]:
+    """The decoded blocks the ceiling and the in-process predictor run: on CPU only the
+    first ones, up to CPU_CEILING_PATCHES patches."""
+    blocks = _blocks(_read_decoded(folder), rows)
+    if device == "cuda":
+        return blocks
+    counts = [_patch_count(block) for block in blocks]
+    enough = next(
+        (i + 1 for i in range(len(blocks)) if sum(counts[: i + 1]) >= CPU_CEILING_PATCHES),
+        len(blocks),
+    )
+    return blocks[:enough]
+
+
+def _wait_for_all(barrier: str) -> None:
+    """Say this process is ready in the ``barrier`` folder and wait for the others (the
+    folder's name ends with how many there are)."""
+    folder = Path(barrier)
+    (folder / str(os.getpid())).touch()
+    parties = int(folder.name.rsplit("-", 1)[1])
+    while len(list(folder.iterdir())) < parties:
+        time.sleep(0.01)
 
 
 def stage_predecoded(
@@ -255,7 +305,8 @@ def stage_predecoded(
     models = [resolve_model(model_dir)]
     unique = _read_decoded(folder)
     in_process = _time_predictor(
-        TagPredictor(models, [0], options), _blocks(unique, options.predict_batch_size)
+        TagPredictor(models, [0], options),
+        _ceiling_blocks(folder, options.predict_batch_size, device),
     )
     # The rows again under distinct track ids, so the pool runs long enough to measure.
     repeated = pa.concat_tables([unique] * repeat)
@@ -331,7 +382,7 @@ def stage_predecoded(
     }
 
 
-def _time_predictor(predictor: Callable, blocks: list) -> dict:
+def _time_predictor(predictor: Callable[[pa.Table], pa.Table], blocks: list[pa.Table]) -> dict:
     """``predictor`` called on every block in this process, after one warm-up call."""
     predictor(blocks[0])
     started = time.perf_counter()
@@ -395,11 +446,11 @@ STAGES: dict[str, Callable[..., dict]] = {
 }
 
 
-def _summary_dict(stats) -> dict:
+def _summary_dict(stats: StatsSummary) -> dict[str, float]:
     return {"mean": round(stats.mean, 4), "sum": round(stats.sum, 3), "count": stats.count}
 
 
-def _rounded(value):
+def _rounded(value: float | None) -> float | None:
     return round(value, 3) if isinstance(value, float) else value
 
 
@@ -418,6 +469,20 @@ def run_stage(stage: str, env: dict[str, str], **kwargs) -> dict:
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
+def run_stages(stage: str, env: dict[str, str], processes: int, **kwargs) -> list[dict]:
+    """``stage`` in ``processes`` child processes at once, timed from a common start
+    (``barrier``); their results."""
+    with tempfile.TemporaryDirectory(prefix="barrier-") as parent:
+        barrier = Path(parent) / f"ready-{processes}"
+        barrier.mkdir()
+        with ThreadPoolExecutor(processes) as pool:
+            calls = [
+                pool.submit(run_stage, stage, env, barrier=str(barrier), **kwargs)
+                for _ in range(processes)
+            ]
+            return [call.result() for call in calls]
+
+
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -430,7 +495,7 @@ def inference_stage(
     device: str,
     env: dict[str, str],
 ) -> dict:
-    """Measurement 1 for one model: decode once, ceiling, stage, ceiling again."""
+    """Measurement 1 for one model: decode once, ceilings, stage, ceilings again."""
     from raytag.models.inference import model_process_env
 
     folder = work / f"stage-{name}"
@@ -444,15 +509,24 @@ def inference_stage(
     options = result["decode"]["options"]
     ceiling = {
         "folder": str(folder),
-        "threads": max(1, round(options["cpus_per_actor"])),  # as TagPredictor sets
+        # As TagPredictor sets on CPU (and Ray's OMP_NUM_THREADS for a GPU actor).
+        "threads": max(1, round(options["cpus_per_actor"])),
         "patch_batch_size": options["patch_batch_size"],
         "predict_batch_size": options["predict_batch_size"],
         "cpu_bf16": options["cpu_bf16"],
         **common,
     }
     actor_env = {**env, **model_process_env()}
-    result["ceiling"] = run_stage("ceiling", actor_env, **ceiling)
-    print(name, "ceiling", json.dumps(result["ceiling"]), flush=True)
+
+    def measure_ceilings(when: str) -> None:  # one process, then as many as the pool's actors
+        result[f"ceiling_{when}"] = run_stage("ceiling", actor_env, **ceiling)
+        print(name, f"ceiling {when}", json.dumps(result[f"ceiling_{when}"]), flush=True)
+        if options["actors"] > 1:
+            pool = run_stages("ceiling", actor_env, options["actors"], **ceiling)
+            result[f"pool_ceiling_{when}"] = pool
+            print(name, f"pool ceiling {when}", json.dumps(pool), flush=True)
+
+    measure_ceilings("before")
     result["stage"] = run_stage(
         "predecoded",
         actor_env,
@@ -461,52 +535,74 @@ def inference_stage(
         max_patches=max_patches,
         **common,
     )
-    print(
-        name,
-        "stage",
-        json.dumps({k: v for k, v in result["stage"].items() if k != "ray_data"}),
-        flush=True,
-    )
-    result["ceiling_after"] = run_stage("ceiling", actor_env, **ceiling)
-    print(name, "ceiling after", json.dumps(result["ceiling_after"]), flush=True)
+    shown = {k: v for k, v in result["stage"].items() if k != "ray_data"}
+    print(name, "stage", json.dumps(shown), flush=True)
+    measure_ceilings("after")
     result["ratios"] = _stage_ratios(result)
     print(name, "ratios", json.dumps(result["ratios"]), flush=True)
     return result
 
 
 def _stage_ratios(result: dict) -> dict:
-    """The stage against the pool's ceiling (one actor's ceiling times the actors), and
-    the pool's time per patch split into where it goes."""
+    """The stage against the ceilings (means of before and after): one process's times the
+    actors, and as many processes at once as the pool has actors; and the pool's time per
+    patch split into where it goes."""
     stage, in_process = result["stage"], result["stage"]["in_process"]
-    ceilings = [result["ceiling"], result["ceiling_after"]]
-    ceiling = sum(c["patches_per_s"] for c in ceilings) / len(ceilings)
-    forward = sum(c["forward_ms_per_patch"] for c in ceilings) / len(ceilings)
-    conversion = sum(c["int16_to_float32_ms_per_patch"] for c in ceilings) / len(ceilings)
     patches, actors = stage["patches"], stage["actors"]
+    single = [result["ceiling_before"], result["ceiling_after"]]
+    ceiling = _mean(c["patches_per_s"] for c in single)
+    whens = ("before", "after")
+    pools = [result.get(f"pool_ceiling_{w}", [c]) for w, c in zip(whens, single, strict=True)]
+    # The pool's rate: every process's patches over the slowest one's wall.
+    pool_rates = [
+        sum(c["patches"] for c in pool) / max(c["wall_s"] for c in pool) for pool in pools
+    ]
+    pool_ceiling = _mean(pool_rates)
+    forward = _mean(c["forward_ms_per_patch"] for c in single)
+    conversion = _mean(c["int16_to_float32_ms_per_patch"] for c in single)
+    cores_shared = 1000 * actors / pool_ceiling - forward
     ray_data = stage["ray_data"]
     task_ms = 1000 * ray_data["wall_time_s"]["sum"] / patches
     body_ms = 1000 * ray_data["function_body_time_s"]["sum"] / patches
     pool_ms = 1000 * actors * stage["operator_s"] / patches
     split = {
-        "forward": forward,
+        "forward_one_process": forward,
+        "forward_slower_beside_the_other_actors": cores_shared,
         "int16_to_float32": conversion,
         "rest_of_predictor_call": in_process["call_ms_per_patch"] - forward - conversion,
-        "predictor_call_in_ray_over_in_process": body_ms - in_process["call_ms_per_patch"],
+        "predictor_call_in_ray_beyond_that": body_ms
+        - in_process["call_ms_per_patch"]
+        - cores_shared,
         "ray_data_in_task_around_call": task_ms - body_ms,
         "pool_idle": pool_ms - task_ms,
     }
     return {
-        "ceiling_patches_per_s_per_actor": [c["patches_per_s"] for c in ceilings],
-        "pool_ceiling_patches_per_s": round(actors * ceiling, 2),
-        "stage_over_ceiling": round(stage["patches_per_s"] / (actors * ceiling), 3),
-        "stage_over_ceiling_incl_start": round(
-            stage["patches_per_s_incl_start"] / (actors * ceiling), 3
+        "ceiling_patches_per_s": [c["patches_per_s"] for c in single],
+        "pool_ceiling_patches_per_s": [round(r, 2) for r in pool_rates],
+        "stage_over_actors_x_ceiling": round(stage["patches_per_s"] / (actors * ceiling), 3),
+        "stage_over_pool_ceiling": round(stage["patches_per_s"] / pool_ceiling, 3),
+        "stage_over_pool_ceiling_incl_start": round(
+            stage["patches_per_s_incl_start"] / pool_ceiling, 3
         ),
         "in_process_predictor_over_ceiling": round(in_process["patches_per_s"] / ceiling, 3),
+        # Per CPU-second, which the load of a shared machine moves less than rates.
+        "stage_over_ceiling_per_cpu_s": round(
+            patches / ray_data["cpu_time_s"]["sum"] / _mean(c["patches_per_cpu_s"] for c in single),
+            3,
+        ),
+        "actor_cpu_over_task_wall": round(
+            ray_data["cpu_time_s"]["sum"] / ray_data["wall_time_s"]["sum"], 3
+        ),
+        "ceiling_cpu_over_wall": [c["cpu_over_wall"] for c in single],
         "pool_busy_in_tasks": round(task_ms / pool_ms, 3),
         "pool_ms_per_patch": round(pool_ms, 3),
         "pool_ms_per_patch_split": {k: round(v, 3) for k, v in split.items()},
     }
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def multi_model(
@@ -570,14 +666,14 @@ def main() -> None:
         "--repeat",
         type=int,
         default=None,
-        help="the stage goes over the decoded inputs this many times (default: 8 on CPU, "
+        help="the stage goes over the decoded inputs this many times (default: 4 on CPU, "
         "64 on a GPU, 2 with --quick)",
     )
     parser.add_argument(
         "--multi-repeat",
         type=int,
         default=None,
-        help="the multi-model manifest lists the inputs this many times (default: 4, 1 with "
+        help="the multi-model manifest lists the inputs this many times (default: 2, 1 with "
         "--quick)",
     )
     parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
@@ -600,8 +696,8 @@ def main() -> None:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    repeat = args.repeat or (2 if args.quick else 64 if device == "cuda" else 8)
-    multi_repeat = args.multi_repeat or (1 if args.quick else 4)
+    repeat = args.repeat or (2 if args.quick else 64 if device == "cuda" else 4)
+    multi_repeat = args.multi_repeat or (1 if args.quick else 2)
     # CPU: no GPU for any process, Ray's workers included (they inherit it).
     env = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
     inputs = make_inputs(args.generated, args.quick, tuple(args.full_length))

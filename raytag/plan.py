@@ -42,10 +42,21 @@ MODEL_CEILINGS = {
 }
 # Decoding on the H200 node's CPUs, per row of its mixed inputs: the decode ceiling (16
 # processes) and what the pipeline's decode actors spent (Arrow, object store, start-up).
+# Their ratio is the share of a decode actor's CPU time that goes into the decode stage.
 DECODE_CEILING = Measured(0.146, "CPU-s per track", _H200_SECTION + " (decode ceiling)")
 DECODE_IN_PIPELINE = Measured(0.168, "CPU-s per track", _H200_SECTION + " (decode actors)")
-# CPU-seconds to decode a track, by format; "mixed" stands for a catalogue's whole mix.
-DECODE_CPU_S = {"mixed": DECODE_CEILING}
+_DECODE_SECTION = (
+    "docs/benchmarks.md#decoding-the-ffmpeg-command-line-raytags-decode-the-decode-stage-"
+    "benchdecodepy (decode stage, CPU VM)"
+)
+# The tagging job's decode stage, CPU-ms per 30-s stereo track by format (22.05-48 kHz):
+# decode, resample, patches, 16-bit PCM, Arrow; a catalogue is planned as an equal mix.
+DECODE_STAGE_MS = {
+    "wav": Measured(27.8, "CPU-ms per 30-s track", _DECODE_SECTION),
+    "flac": Measured(48.8, "CPU-ms per 30-s track", _DECODE_SECTION),
+    "ogg": Measured(46.0, "CPU-ms per 30-s track", _DECODE_SECTION),
+    "mp3": Measured(47.1, "CPU-ms per 30-s track", _DECODE_SECTION),
+}
 
 
 @dataclass(frozen=True)
@@ -147,8 +158,9 @@ class PlanInputs:
     )  # fmt: skip
     decode_efficiency: float = setting(
         round(DECODE_CEILING.value / DECODE_IN_PIPELINE.value, 3),
-        "Decode ceiling's CPU-s per track over the pipeline decode actors' (default: as "
-        "measured on the H200 node).",
+        "Share of a decode actor's CPU time that goes into the decode stage (default: the "
+        "decode ceiling's CPU-s per track over the decode actors', as measured on the H200 "
+        "node).",
     )
     pipeline_fraction: float = setting(
         0.8, "Share of the model ceiling the pipeline reaches (an assumption, not measured)."
@@ -191,7 +203,7 @@ class PlanInputs:
 
     def decode_shares(self) -> dict[str, tuple[float, float]]:
         """Each format's CPU-seconds per track and share of the tracks."""
-        costs = self.decode_cpu_s or {name: m.value for name, m in DECODE_CPU_S.items()}
+        costs = self.decode_cpu_s or {n: m.value / 1000 for n, m in DECODE_STAGE_MS.items()}
         shares = self.format_shares or {name: 1 / len(costs) for name in costs}
         if set(shares) != set(costs) or not math.isclose(sum(shares.values()), 1.0):
             raise ValueError(f"--format-share must give each of {sorted(costs)}, summing to 1")
@@ -321,7 +333,7 @@ def _number(value: float) -> str:
 def assumptions(inputs: PlanInputs) -> list[str]:
     """What a plan takes for granted, with the values in effect (docs/capacity.md)."""
     mix = ", ".join(
-        f"{cost:g} CPU-s ({name}" + ("" if share == 1 else f", {share:.0%} of the tracks") + ")"
+        f"{name} {cost * 1000:.1f} ms" + ("" if share == 1 else f" ({share:.0%})")
         for name, (cost, share) in inputs.decode_shares().items()
     )
     nodes = inputs.node_types.values()
@@ -336,10 +348,10 @@ def assumptions(inputs: PlanInputs) -> list[str]:
         f"{inputs.pipeline_fraction:.0%} of the model ceiling ({inputs.model}, bf16)",
         f"GPUs not measured scale the {MEASURED_GPU}'s ceiling by dense bf16 tensor TFLOPS "
         f"({scaled})",
-        f"decoding a track costs {mix} at the ceiling; a decode CPU spends "
-        f"{inputs.decode_efficiency:.0%} of its time at that cost",
+        f"the decode stage costs CPU per track: {mix}; a decode CPU spends "
+        f"{inputs.decode_efficiency:.0%} of its time in it",
         f"every vCPU of a decode node ({inputs.decode_instance}, {inputs.decode_vcpus} vCPUs) "
-        f"runs a decode actor, as fast as one of the {MEASURED_GPU} node's CPUs; {where}",
+        f"runs a decode actor, as fast as a vCPU of the CPU VM that measured it; {where}",
         f"a GPU node's network and Ray's object transfer carry its patches ("
         f"{inputs.bytes_per_patch:,} bytes each); hours exclude node start-up and each run's "
         "fixed costs (plan + verify)",

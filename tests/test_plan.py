@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from raytag.plan import (
     DECODE_CEILING,
     DECODE_IN_PIPELINE,
+    DECODE_STAGE_MS,
     GPU_NODES,
     MEASURED_GPU,
     MODEL_CEILINGS,
@@ -107,8 +108,11 @@ def test_measured_table_estimates_and_overrides() -> None:
     assert by_gpu["A10G"].ceiling_is == by_gpu["H100"].ceiling_is == "estimated"
     assert by_gpu["A10G"].ceiling_patches_per_s == pytest.approx(h200 * 70 / 989)
     assert by_gpu["H100"].ceiling_patches_per_s == pytest.approx(h200)
-    # By default a decode CPU spends per track what the pipeline's decode actors spent.
-    assert PlanInputs().decode_cpu_s_per_track() == pytest.approx(DECODE_IN_PIPELINE.value, 1e-3)
+    # By default a decode CPU spends per track the decode stage's cost over an equal mix of
+    # formats, over the share of its time the H200 node's decode actors spent decoding.
+    stage_s = sum(m.value for m in DECODE_STAGE_MS.values()) / len(DECODE_STAGE_MS) / 1000
+    efficiency = DECODE_CEILING.value / DECODE_IN_PIPELINE.value
+    assert PlanInputs().decode_cpu_s_per_track() == pytest.approx(stage_s / efficiency, 1e-3)
     waveform = make_plan(PlanInputs(model="waveform", gpu_types=("H200",))).gpus[0]
     assert waveform.ceiling_patches_per_s == MODEL_CEILINGS["waveform"].value
     given = make_plan(PlanInputs(gpu_types=("A10G",), patches_per_s={"A10G": 2000.0})).gpus[0]
@@ -128,7 +132,8 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-MEASURED = [*MODEL_CEILINGS.values(), DECODE_CEILING, DECODE_IN_PIPELINE]
+MEASURED = [*MODEL_CEILINGS.values(), DECODE_CEILING, DECODE_IN_PIPELINE,
+            *DECODE_STAGE_MS.values()]  # fmt: skip
 
 
 @pytest.mark.parametrize("figure", MEASURED, ids=lambda figure: f"{figure.value:g}")
