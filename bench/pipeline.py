@@ -53,11 +53,11 @@ from typing import TYPE_CHECKING
 from record import load_average, new_record, save
 from tagging import (
     DATA,
-    DEBIAN_MUSIC,
     GpuSampler,
     RssSampler,
     _own_peak_rss_mb,
     _time_forward,
+    add_input_arguments,
     make_inputs,
     model_folder,
     write_manifest,
@@ -676,16 +676,7 @@ def main() -> None:
         help="the multi-model manifest lists the inputs this many times (default: 2, 1 with "
         "--quick)",
     )
-    parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
-    parser.add_argument(
-        "--full-length",
-        nargs="+",
-        default=list(DEBIAN_MUSIC),
-        help="globs of the full-length tracks",
-    )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when there is one"
-    )
+    add_input_arguments(parser, "where the models run")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # its arguments: JSON on stdin
     args = parser.parse_args()

@@ -531,6 +531,23 @@ def run_stage(stage: str, env: dict[str, str] | None = None, **kwargs) -> dict:
 # -- the run ---------------------------------------------------------------------------
 
 
+def add_input_arguments(parser: argparse.ArgumentParser, device_help: str) -> None:
+    """The options the tagging benchmarks share: which inputs, and the device."""
+    parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
+    parser.add_argument(
+        "--full-length",
+        nargs="+",
+        default=list(DEBIAN_MUSIC),
+        help="globs of the full-length tracks (default: the Debian music packages)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help=f"{device_help} (default: cuda when there is one)",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["spectrogram", "waveform"])
@@ -543,19 +560,7 @@ def main() -> None:
         help="raytag tag and the decode ceiling go over the inputs this many times (distinct "
         "track_ids), so a run's fixed costs weigh as on a real catalogue",
     )
-    parser.add_argument("--quick", action="store_true", help="4 Debian tracks: a smoke run")
-    parser.add_argument(
-        "--full-length",
-        nargs="+",
-        default=list(DEBIAN_MUSIC),
-        help="globs of the full-length tracks (default: the Debian music packages)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default=None,
-        help="where the model ceiling and naive loop run (default: cuda when there is one)",
-    )
+    add_input_arguments(parser, "where the model ceiling and naive loop run")
     parser.add_argument(
         "--no-compile",
         dest="compile",
