@@ -60,6 +60,7 @@ from tagging import (
     add_input_arguments,
     make_inputs,
     model_folder,
+    parse_or_run_stage,
     write_manifest,
 )
 
@@ -677,11 +678,8 @@ def main() -> None:
         "--quick)",
     )
     add_input_arguments(parser, "where the models run")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--stage", help=argparse.SUPPRESS)  # its arguments: JSON on stdin
-    args = parser.parse_args()
-    if args.stage:
-        print(json.dumps(STAGES[args.stage](**json.loads(sys.stdin.read()))))
+    args = parse_or_run_stage(parser, RESULTS, STAGES)
+    if args is None:
         return
 
     import torch

@@ -548,6 +548,20 @@ def add_input_arguments(parser: argparse.ArgumentParser, device_help: str) -> No
     )
 
 
+def parse_or_run_stage(
+    parser: argparse.ArgumentParser, results: Path, stages: dict[str, Callable[..., dict]]
+) -> argparse.Namespace | None:
+    """The arguments, with ``--results``; None once this process, started as a stage's
+    child (the hidden ``--stage NAME``, its arguments as JSON on stdin), has run it."""
+    parser.add_argument("--results", type=Path, default=results)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.stage:
+        return args
+    print(json.dumps(stages[args.stage](**json.loads(sys.stdin.read()))))
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["spectrogram", "waveform"])
@@ -576,11 +590,8 @@ def main() -> None:
         '"data_context": {"op_resource_reservation_enabled": false}}\' (TagOptions fields '
         "and Ray DataContext attributes)",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--stage", help=argparse.SUPPRESS)  # its arguments: JSON on stdin
-    args = parser.parse_args()
-    if args.stage:
-        print(json.dumps(STAGES[args.stage](**json.loads(sys.stdin.read()))))
+    args = parse_or_run_stage(parser, RESULTS, STAGES)
+    if args is None:
         return
 
     import torch
