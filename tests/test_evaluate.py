@@ -232,10 +232,9 @@ def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> 
 def tagged(catalogue: dict[str, str], tmp_path_factory: pytest.TempPathFactory, ray_local) -> str:
     """The whole catalogue (both splits) tagged by raytag's pipeline on a local Ray."""
     output = str(tmp_path_factory.mktemp("tagged") / "tags")
-    assert tag_catalogue(catalogue["manifest"], catalogue["model"], output).record["status"] == (
-        "complete"
-    )
-    return output
+    [summary] = tag_catalogue(catalogue["manifest"], [catalogue["model"]], output)
+    assert summary.record["status"] == "complete"
+    return summary.record["output"]  # the model's folder in the run's output
 
 
 def _by_track(tracks: TrackScores) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -600,7 +600,7 @@ def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catal
 
 
 def test_killed_model_actor_is_replaced_and_nothing_is_lost(long_catalogue, tmp_path, ray_local):
-    catalogue, output = long_catalogue, str(tmp_path / "tags" / "tiny-tagger-v3")
+    catalogue, output = long_catalogue, str(tmp_path / "tiny-tagger-v3")
     slow = replace(OPTIONS, decode_batch_size=1, predict_batch_size=1, rows_per_file=2)
     result: dict = {}
 
