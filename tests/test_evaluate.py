@@ -31,7 +31,7 @@ from raytag.evaluate import (
     write_plots,
 )
 from raytag.models import build_model
-from raytag.tagging import tag_catalogue
+from raytag.tagging import TagOptions, tag_catalogue
 
 VOCABULARY = ["tone", "noise", "never"]
 # metrics.json's keys, in order, as `raytag evaluate` has always written them.
@@ -232,7 +232,10 @@ def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> 
 def tagged(catalogue: dict[str, str], tmp_path_factory: pytest.TempPathFactory, ray_local) -> str:
     """The whole catalogue (both splits) tagged by raytag's pipeline on a local Ray."""
     output = str(tmp_path_factory.mktemp("tagged") / "tags")
-    [summary] = tag_catalogue(catalogue["manifest"], [catalogue["model"]], output)
+    # float32 patches, so that the run's scores are those scored here exactly (how far the
+    # default 16-bit patches move them is tested in test_tagging.py).
+    options = TagOptions(pcm16=False)
+    [summary] = tag_catalogue(catalogue["manifest"], [catalogue["model"]], output, options)
     assert summary.record["status"] == "complete"
     return summary.record["output"]  # the model's folder in the run's output
 
