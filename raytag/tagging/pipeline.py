@@ -103,8 +103,9 @@ def tag_catalogue(
     )
     phases = {"plan_s": time.time() - started}
     if n_pending:
-        options = options.resolved(ray.cluster_resources(), _decode_node_cpus())
-        steady_pool = not options.may_stall(ray.cluster_resources().get("CPU", 0))
+        cluster = ray.cluster_resources()
+        options = options.resolved(cluster, _decode_node_cpus())
+        steady_pool = not options.may_stall(cluster.get("CPU", 0))
         # Whole buckets per execution, so each bucket's copies of a track_id stay together.
         parts = min(-(-n_pending // options.rows_per_execution), bucket_count(manifest))
         for part in range(parts):

@@ -193,13 +193,14 @@ class TagPredictor:
         from raytag.tagging.reconcile import todo_column
 
         ok = pc.is_null(batch[ERROR_CODE])
+        n_ok = pc.sum(ok).as_py() or 0
         columns: dict[str, pa.Array] = {}
         for index, replica in enumerate(self.replicas):
             wanted = pc.and_(ok, pc.fill_null(batch[todo_column(index)], False))
             policy = self.policy_of[index]
             n_wanted = pc.sum(wanted).as_py() or 0
             # Every decoded row wanted (the usual case): no copy of the block's audio.
-            every = n_wanted == (pc.sum(ok).as_py() or 0)
+            every = n_wanted == n_ok
             patches = stored_patches(batch, policy, None if every else wanted) if n_wanted else None
             counts = batch[n_patches_column(policy)].filter(wanted).to_numpy()
             for name, values in replica.columns(patches, counts).items():
