@@ -4,7 +4,8 @@ This folder layout is what training checkpoints write, what the MLflow registry 
 as the model's artifacts, and what tagging loads. Loading never unpickles code.
 
     model.safetensors   weights and batch-norm statistics
-    raytag.json         {"format", "model" (config), "vocabulary", "audio", "name", "version"}
+    raytag.json         {"format", "model" (config), "vocabulary", "audio", "name", "version",
+                         "thresholds" (when calibrated: raytag.thresholds)}
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from raytag.config import AudioConfig
 from raytag.models import TaggingModel, model_from_config
+from raytag.thresholds import Thresholds
 
 FORMAT = "raytag-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,6 +36,7 @@ class LoadedModel:
     audio: AudioConfig
     name: str
     version: str
+    thresholds: Thresholds | None = None  # None: not calibrated; tagging then decides no tags
 
     @property
     def sample_rate(self) -> int:
@@ -48,6 +51,7 @@ def save_model(
     *,
     name: str,
     version: str = "local",
+    thresholds: Thresholds | None = None,
 ) -> Path:
     """Write ``model`` and its serving metadata to ``folder`` (created if missing)."""
     if len(vocabulary) != model.config.n_tags:
@@ -64,6 +68,8 @@ def save_model(
         "name": name,
         "version": version,
     }
+    if thresholds is not None:
+        meta["thresholds"] = thresholds.to_dict(vocabulary)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -84,10 +90,13 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     model = model_from_config(meta["model"])
     model.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE, device="cpu"))
     model.to(device).eval()
+    vocabulary = list(meta["vocabulary"])
+    thresholds = meta.get("thresholds")
     return LoadedModel(
         model=model,
-        vocabulary=list(meta["vocabulary"]),
+        vocabulary=vocabulary,
         audio=AudioConfig.from_dict(meta["audio"]),
         name=meta["name"],
         version=str(meta["version"]),
+        thresholds=None if thresholds is None else Thresholds.from_dict(thresholds, vocabulary),
     )

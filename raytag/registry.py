@@ -114,6 +114,7 @@ def log_model(
                 model.audio,
                 name=model.name,
                 version=model.version,
+                thresholds=model.thresholds,
             )
         else:
             source = Path(local_path(str(model)))
