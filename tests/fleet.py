@@ -4,8 +4,9 @@ test session's own Ray stays untouched): ``python -m tests.fleet SPEC.json``.
 The cluster (``ray.cluster_utils.Cluster``: one raylet per node): a head that runs the
 driver, "inference" nodes whose logical GPU stands in for a real one, and CPU-only decode
 nodes labelled ``raytag/role=decode``. With ``kill_decode_node`` set, one decode node's
-raylet is SIGKILLed once the first predictions are written, and a fresh decode node joins,
-as an autoscaler would replace a lost spot node. What Ray recorded (nodes, actors and the
+raylet is SIGKILLed once the first predictions are written, and (unless
+``replace_killed_node`` is false) a fresh decode node joins, as an autoscaler would replace
+a lost spot node. What Ray recorded (nodes, actors and the
 nodes they ran on) and the run's summaries go to ``SPEC["result"]``.
 """
 
@@ -57,7 +58,7 @@ def main(spec: dict[str, Any]) -> None:
     job.start()
     if spec.get("kill_decode_node"):
         result["killed"] = _kill_when_tagging(decoders[0], Path(spec["output"]), job)
-        if result["killed"]:
+        if result["killed"] and spec.get("replace_killed_node", True):
             new = cluster.add_node(num_cpus=1, labels=DECODE, **node_args)
             roles[new.node_id] = DECODE_ROLE
     job.join(timeout=spec.get("timeout_s", 400))

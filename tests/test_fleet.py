@@ -1,6 +1,7 @@
 """The decode fleet on a real multi-node Ray cluster on 127.0.0.1 (tests/fleet.py): every
 decode on a node labelled raytag/role=decode, every forward pass on an "inference" node,
-exactly once; and a decode node whose raylet is SIGKILLed mid-run loses nothing."""
+exactly once; and a decode node whose raylet is SIGKILLed mid-run loses nothing, whether
+or not another decode node replaces it."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def fleet_catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list
     return str(write_manifest(root / "manifest", rows)), rows, tiny_model(root / "model", "3")
 
 
-def run_fleet(tmp_path: Path, manifest: str, model: str, kill: bool) -> dict:
+def run_fleet(
+    tmp_path: Path, manifest: str, model: str, kill: bool, replace_killed_node: bool = True
+) -> dict:
     spec = {
         "manifest": manifest,
         "models": [model],
@@ -44,6 +47,7 @@ def run_fleet(tmp_path: Path, manifest: str, model: str, kill: bool) -> dict:
         "options": {"max_patches": 2, "decode_batch_size": 1, "predict_batch_size": 2,
                     "rows_per_file": 2},
         "kill_decode_node": kill,
+        "replace_killed_node": replace_killed_node,
         "result": str(tmp_path / "result.json"),
     }  # fmt: skip
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -98,9 +102,12 @@ def test_decoding_runs_on_the_decode_fleet_and_models_on_inference_nodes(
     assert attempt["decoding"]["tracks"] == len(rows)
 
 
-def test_a_decode_node_killed_mid_run_loses_nothing(fleet_catalogue, tmp_path) -> None:
+@pytest.mark.parametrize("replaced", [True, False], ids=["replaced", "not-replaced"])
+def test_a_decode_node_killed_mid_run_loses_nothing(fleet_catalogue, tmp_path, replaced) -> None:
+    """Replaced: a fresh decode node joins, as an autoscaler brings one. Not replaced: the
+    one decode node left finishes the run."""
     manifest, rows, model = fleet_catalogue
-    result = run_fleet(tmp_path, manifest, model, kill=True)
+    result = run_fleet(tmp_path, manifest, model, kill=True, replace_killed_node=replaced)
     assert result["killed"], "the job ended before a decode node could be killed"
     assert result["roles"][result["killed"]] == "decode"
     attempt = assert_placed_and_exactly_once(result, manifest, rows)
