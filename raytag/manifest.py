@@ -11,8 +11,9 @@ error rows with a :class:`ManifestErrorCode` (see :func:`check_rows`).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -59,13 +60,27 @@ class Manifest:
     schema: pa.Schema
     num_rows: int
     row_groups: tuple[tuple[int, ...], ...]  # rows in each row group, per file
+    # (file column, name in the rows read) pairs, in order; None: every column as it is.
+    selected: tuple[tuple[str, str], ...] | None = None
 
     @property
     def extra_columns(self) -> list[str]:
         return [name for name in self.schema.names if name not in REQUIRED_COLUMNS]
 
+    def select(self, columns: Mapping[str, str]) -> Manifest:
+        """The same manifest read as only ``columns`` (file column -> its name in the rows
+        read), in that order."""
+        unknown = [name for name in columns if name not in self.schema.names]
+        if unknown:
+            raise ManifestError(
+                f"manifest {self.uri} has no column(s) {', '.join(unknown)}; "
+                f"it has {', '.join(self.schema.names)}"
+            )
+        return replace(self, selected=tuple(columns.items()))
+
     def read(self, columns: list[str] | None = None) -> ray.data.Dataset:
-        """The rows as a Ray Dataset (``track_id`` and ``uri`` as ``string``).
+        """The rows as a Ray Dataset (``track_id`` and ``uri`` as ``string``), in
+        :attr:`normalised_schema`; ``columns``: only these of its names.
 
         Read by whole row groups, about ``_ROWS_PER_READ`` rows per task, from the footers
         :func:`open_manifest` has already read. Not ``read_parquet``: in Ray 2.60 it costs
@@ -74,15 +89,17 @@ class Manifest:
         """
         import ray.data
 
-        schema = _normalise_schema(self.schema)
+        schema = self.normalised_schema
         if columns is not None:
             schema = pa.schema([schema.field(name) for name in columns])
+        file_column = {name: source for source, name in self.selected or ()}
+        sources = [file_column.get(name, name) for name in schema.names]
         pieces = self._pieces()
         return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
             _read_pieces,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"filesystem": self.filesystem, "schema": schema},
+            fn_kwargs={"filesystem": self.filesystem, "schema": schema, "sources": sources},
         )
 
     def _pieces(self) -> list[dict[str, list]]:
@@ -108,8 +125,11 @@ class Manifest:
 
     @property
     def normalised_schema(self) -> pa.Schema:
-        """The schema of :meth:`read`'s rows."""
-        return _normalise_schema(self.schema)
+        """The schema of :meth:`read`'s rows: the selected columns under their names."""
+        schema = _normalise_schema(self.schema)
+        if self.selected is None:
+            return schema
+        return pa.schema([schema.field(source).with_name(name) for source, name in self.selected])
 
 
 def open_manifest(uri: str) -> Manifest:
@@ -255,13 +275,17 @@ def _normalise_schema(schema: pa.Schema) -> pa.Schema:
     return schema
 
 
-def _read_pieces(batch: pa.Table, filesystem: pafs.FileSystem, schema: pa.Schema) -> pa.Table:
-    """The rows of the row groups a batch of pieces names, in ``schema``."""
+def _read_pieces(
+    batch: pa.Table, filesystem: pafs.FileSystem, schema: pa.Schema, sources: list[str]
+) -> pa.Table:
+    """The rows of the row groups a batch of pieces names: the files' columns ``sources``
+    as ``schema``'s columns, one for one."""
     tables = []
     pieces = zip(batch["paths"].to_pylist(), batch["row_groups"].to_pylist(), strict=True)
     for paths, groups in pieces:
         for path, row_groups in zip(paths, groups, strict=True):
             with filesystem.open_input_file(path) as handle:
-                table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=schema.names)
-            tables.append(table.select(schema.names).cast(schema))
+                table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=sources)
+            table = table.select(sources).rename_columns(schema.names)
+            tables.append(table.cast(schema))
     return pa.concat_tables(tables)

@@ -79,10 +79,14 @@ class Thresholds:
 
 
 def read_thresholds_file(path: str | Path, vocabulary: Sequence[str]) -> Thresholds:
-    """A thresholds JSON file (:meth:`Thresholds.to_dict`'s form or ``{tag: threshold}``)
-    for ``vocabulary``; a clear ValueError when it does not fit."""
+    """A thresholds JSON file, local or s3:// (:meth:`Thresholds.to_dict`'s form or
+    ``{tag: threshold}``), for ``vocabulary``; a clear ValueError when it does not fit."""
+    from raytag.storage import filesystem
+
     try:
-        record = json.loads(Path(path).read_text())
+        fs, where = filesystem(str(path))
+        with fs.open(where, "r") as handle:
+            record = json.load(handle)
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read thresholds from {path}: {err}") from err
     try:

@@ -191,6 +191,11 @@ def test_tag_command_line_gives_tag_options() -> None:
     assert parse("--no-bf16", "--gpu", "--decode-tasks", "3", "--cpus-per-actor", "0.5") == (
         TagOptions(bf16=False, use_gpu=True, decode_tasks=3, cpus_per_actor=0.5)
     )
+    assert parse("--thresholds", "a.json", "--thresholds", "m=b.json").thresholds == (
+        "a.json", "m=b.json")  # fmt: skip
+    assert parse("--passthrough", "title, artist").passthrough == ("title", "artist")
+    assert parse("--passthrough", "").passthrough == ()  # track_id and uri only
+    assert parse().passthrough is None  # every column
 
 
 def test_train_command_line_gives_train_config(tmp_path: Path) -> None:

@@ -114,6 +114,14 @@ def test_read_normalises_string_types(tmp_path: Path) -> None:
     assert read.schema.field("track_id").type == pa.string()
     assert read.to_pylist() == rows
     assert manifest.read(["track_id"]).take_all() == [{"track_id": "t0"}]
+    # Some columns, under other names: what tagging carries into its predictions.
+    renamed = manifest.select({"track_id": "track_id", "year": "input_year"})
+    assert renamed.normalised_schema.names == ["track_id", "input_year"]
+    assert renamed.normalised_schema.field("input_year").type == pa.int16()
+    assert renamed.read().take_all() == [{"track_id": "t0", "input_year": 1999}]
+    assert renamed.read(["input_year"]).take_all() == [{"input_year": 1999}]
+    with pytest.raises(ManifestError, match="has no column\\(s\\) artist; it has track_id, uri"):
+        manifest.select({"artist": "artist"})
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -40,6 +40,7 @@ from raytag.storage import arrow_filesystem, filesystem
 from raytag.tagging import RunSummary, TagError, TagOptions, tag_catalogue, verify
 from raytag.tagging.output import ERRORS, PREDICTIONS, output_files, prediction_schema
 from raytag.tagging.stages import decode_batch, stored_patches
+from raytag.thresholds import Thresholds
 from tests.services import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,13 +148,16 @@ def write_manifest(folder: Path, rows: list[dict]) -> str:
     return str(folder)
 
 
-def tiny_model(folder: Path, version: str) -> str:
+def tiny_model(
+    folder: Path, version: str, thresholds: Thresholds | None = None, name: str = "tiny-tagger"
+) -> str:
     """An untrained small model: these tests check plumbing, not tagging quality. Seeded, so
     its weights (and how far bf16 moves its scores) do not depend on which tests ran first."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build_model("spectrogram-small", n_tags=len(VOCABULARY))
-    save_model(folder, model, list(VOCABULARY), AudioConfig(), name="tiny-tagger", version=version)
+    save_model(folder, model, list(VOCABULARY), AudioConfig(), name=name, version=version,
+               thresholds=thresholds)  # fmt: skip
     return str(folder)
 
 
@@ -244,11 +248,17 @@ def test_local_run_layout_schemas_and_error_rows(catalogue: Catalogue, local_run
     assert by_id["gen1"]["n_patches"] == 1 and by_id["gen1"]["duration_s"] == pytest.approx(3)
     assert by_id["eight-channels"]["duration_s"] == pytest.approx(3, abs=0.05)
 
+    # A model without thresholds (and no --thresholds) decides no tags, and says so.
+    assert predictions["tags"].null_count == len(predictions)
     fs, _ = filesystem(output)
     assert json.loads(fs.cat(f"{output}/vocabulary.json")) == list(VOCABULARY)
+    assert json.loads(fs.cat(f"{output}/thresholds.json")) == {
+        "source": "none", "file": None, "values": None, "policy": None}  # fmt: skip
     record = json.loads(fs.cat(f"{output}/_run.json"))
     assert record["status"] == "complete"
     assert record["model"] == {"uri": catalogue.model, "name": "tiny-tagger", "version": "3"}
+    assert record["thresholds"]["source"] == "none"
+    assert "tags column is null on every row" in record["thresholds"]["note"]
     assert record["counts"]["manifest_rows"] == len(catalogue.rows)
     bad_rows = [row for row in catalogue.rows if row["track_id"] in EXPECTED_ERRORS]
     assert record["counts"]["errors_by_code"] == Counter(
@@ -419,6 +429,135 @@ def test_a_model_added_to_a_finished_run_decodes_only_for_it(
         tag_catalogue(catalogue.manifest, [catalogue.model] * 2, str(tmp_path), OPTIONS)
 
 
+# -- decided tags, and the user's own columns -----------------------------------------------
+
+TITLES = ["Café del Mar", "Ólafur’s Ballad", "東京の夜", None]
+ARTISTS = ["Björk", None, "Sigur Rós", "Motörhead"]
+PASSTHROUGH = ("duration_s", "title", "artist", "tags")  # album left out
+
+
+@pytest.fixture(scope="module")
+def label_catalogue(catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
+    """The mixed catalogue as a record label keeps it: its own duration_s (whole seconds
+    from its metadata, some unknown), titles and artists with unicode and nulls, labels in
+    tags, and an album column."""
+    rows = [
+        {"track_id": row["track_id"], "uri": row["uri"],
+         "duration_s": None if i % 5 == 4 else 100 + i, "title": TITLES[i % 4],
+         "artist": ARTISTS[i % 4], "tags": ["guitar"] if i % 2 else None, "album": row["album"]}
+        for i, row in enumerate(catalogue.rows)
+    ]  # fmt: skip
+    manifest = write_manifest(tmp_path_factory.mktemp("label") / "manifest", rows)
+    return Catalogue(manifest=manifest, rows=rows, model=catalogue.model)
+
+
+@dataclass(frozen=True)
+class CalibratedRun:
+    output: str  # the run's --output
+    models: list[str]  # tiny-tagger v5 and its twin
+    summaries: list[RunSummary]
+    own: Thresholds  # stored with both models
+    override: Thresholds  # the twin's --thresholds file
+    file: str
+    options: TagOptions
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(label_catalogue, local_run, tmp_path_factory) -> CalibratedRun:
+    """One run of two models with the tiny model's weights on the label's catalogue, both
+    saved with thresholds (the per-tag lower quartile of its scores there): tiny-tagger v5
+    decides with its own, its twin with a --thresholds file (the upper quartile)."""
+    root = tmp_path_factory.mktemp("calibrated")
+    scores = np.array(list(scores_by_track(local_run[0]).values()))
+    own = Thresholds(tuple(np.quantile(scores, 0.25, axis=0)), {"rule": "lower quartile"})
+    override = Thresholds(tuple(np.quantile(scores, 0.75, axis=0)), {"rule": "upper quartile"})
+    file = root / "upper.json"
+    file.write_text(json.dumps(override.to_dict(list(VOCABULARY))))
+    models = [tiny_model(root / "tiny", "5", own), tiny_model(root / "twin", "1", own, "tiny-twin")]
+    options = replace(OPTIONS, thresholds=(f"{models[1]}={file}",), passthrough=PASSTHROUGH)
+    output = str(root / "tags")
+    summaries = tag_catalogue(label_catalogue.manifest, models, output, options)
+    return CalibratedRun(output, models, summaries, own, override, str(file), options)
+
+
+def test_tags_are_those_at_each_models_thresholds(label_catalogue, calibrated_run, tmp_path):
+    """Each model of a run decides its tags at its own thresholds: those stored with it, or
+    those of its --thresholds file, which win. Its folder records which; `raytag verify`
+    checks the tags against them; a resume with other thresholds is refused."""
+    run, vocabulary = calibrated_run, list(VOCABULARY)
+    tags = {}
+    for summary, source, thresholds, file in zip(
+        run.summaries, ("model", "file"), (run.own, run.override), (None, run.file), strict=True
+    ):
+        output = summary.record["output"]
+        predictions = read_folder(output, PREDICTIONS)
+        scores = np.array(predictions["scores"].to_pylist(), dtype=np.float32)
+        assert predictions["tags"].to_pylist() == thresholds.tags(scores, vocabulary)
+        recorded = json.loads(Path(output, "thresholds.json").read_text())
+        assert recorded == {"source": source, "file": file, **thresholds.to_dict(vocabulary)}
+        assert summary.record["thresholds"] == {"source": source, "file": file}
+        tags[source] = dict(
+            zip(predictions["track_id"].to_pylist(), predictions["tags"].to_pylist(), strict=True)
+        )
+    # The same scores at higher thresholds: fewer tags, and neither model's trivial.
+    assert tags["model"] != tags["file"]
+    assert all(set(tags["file"][track]) <= set(tags["model"][track]) for track in tags["file"])
+    decided = [row for rows in tags.values() for row in rows.values()]
+    assert any(decided) and any(len(row) < len(vocabulary) for row in decided)
+
+    checked = CliRunner().invoke(
+        main, ["verify", *cli_args(manifest=label_catalogue.manifest, output=run.output)]
+    )
+    assert checked.exit_code == 0 and checked.output.count("every row exactly once") == 2
+
+    # Other thresholds, or other columns, than a folder was tagged with: refused before
+    # any folder is claimed.
+    outputs = [summary.record["output"] for summary in run.summaries]
+    records = [Path(output, "_run.json").read_text() for output in outputs]
+    own_thresholds = replace(run.options, thresholds=())
+    with pytest.raises(TagError, match=r"tiny-twin-v1 was tagged with other thresholds \(from "
+                       r".*upper.json\) than this run's \(the model's own\)"):  # fmt: skip
+        tag_catalogue(label_catalogue.manifest, run.models, run.output, own_thresholds)
+    fewer_columns = replace(run.options, passthrough=("title",))
+    with pytest.raises(TagError, match="holds predictions with columns track_id, uri, input_dur"):
+        tag_catalogue(label_catalogue.manifest, run.models, run.output, fewer_columns)
+    assert [Path(output, "_run.json").read_text() for output in outputs] == records
+
+    # Tags that are not their scores' at the recorded thresholds fail verify.
+    copy = str(tmp_path / "tiny-twin-v1")
+    shutil.copytree(outputs[1], copy)
+    first = output_files(copy, PREDICTIONS)[0]
+    table = pq.read_table(first)
+    wrong = pa.array([["not-a-tag"]] * len(table), pa.list_(pa.string()))
+    pq.write_table(table.set_column(table.schema.get_field_index("tags"), "tags", wrong), first)
+    report = verify(label_catalogue.manifest, copy)
+    assert (report.missing, report.surplus, report.wrong_tags) == (0, 0, len(table))
+    assert f"{len(table)} prediction row(s) whose tags are not" in report.describe()
+
+
+def test_users_columns_arrive_under_their_documented_names(label_catalogue, calibrated_run):
+    """A catalogue's own duration_s, its titles and artists (unicode, nulls) and its labels
+    arrive beside raytag's columns, those named like raytag's as input_NAME; album, left
+    out of --passthrough, does not. Error rows keep their four columns."""
+    output = calibrated_run.summaries[0].record["output"]
+    predictions, errors = assert_exactly_once(label_catalogue, output)
+    assert predictions.schema.names == [
+        "track_id", "uri", "input_duration_s", "title", "artist", "input_tags",
+        "model_name", "model_version", "scores", "tags", "top_tags", "duration_s", "n_patches",
+        "embedding"]  # fmt: skip
+    assert predictions.schema.field("input_duration_s").type == pa.int64()
+    assert errors.schema.names == ["track_id", "uri", "error_code", "message"]
+    given = {row["track_id"]: row for row in label_catalogue.rows}
+    carried = ("input_duration_s", "title", "artist", "input_tags")
+    for row in predictions.to_pylist():
+        assert [row[name] for name in carried] == [given[row["track_id"]][n] for n in PASSTHROUGH]
+    titles = predictions["title"].to_pylist()
+    assert None in titles and "東京の夜" in titles
+    assert None in predictions["input_duration_s"].to_pylist()
+    gen1 = next(row for row in predictions.to_pylist() if row["track_id"] == "gen1")
+    assert gen1["duration_s"] == pytest.approx(3) and gen1["input_duration_s"] == 101
+
+
 def test_verify_finds_duplicates_and_missing_rows(catalogue, local_run, tmp_path) -> None:
     output = str(tmp_path / "copy" / "tiny-tagger-v3")
     shutil.copytree(local_run[0], output)
@@ -477,20 +616,45 @@ def test_refuses_another_models_output(catalogue, local_run, tmp_path) -> None:
         tag_one(catalogue.manifest, other, str(tmp_path / "tags"))
 
 
-BAD_MANIFESTS = {
-    "lacks column": {"track_id": "x", "path": "/a.wav"},
-    "scores are reserved": {"track_id": "x", "uri": "/a.wav", "scores": 1.0},
-    "_side are reserved": {"track_id": "x", "uri": "/a.wav", "_side": "manifest"},
+BAD_MANIFESTS = {  # message: (the manifest's row, --passthrough)
+    "lacks column": ({"track_id": "x", "path": "/a.wav"}, None),
+    r"scores \(as input_scores\), input_scores \(as input_scores\) would be carried under "
+    "one name": ({"track_id": "x", "uri": "/a.wav", "scores": 1.0, "input_scores": 2.0}, None),
+    r"has no column\(s\) artist": ({"track_id": "x", "uri": "/a.wav"}, ("artist",)),
 }
 
 
 @pytest.mark.parametrize("message", BAD_MANIFESTS)
 def test_refuses_bad_manifests_before_any_work(catalogue, tmp_path, message: str) -> None:
+    row, passthrough = BAD_MANIFESTS[message]
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist([BAD_MANIFESTS[message]]), bad)
+    pq.write_table(pa.Table.from_pylist([row]), bad)
     with pytest.raises(ManifestError, match=message):
-        tag_one(str(bad), catalogue.model, str(tmp_path / "never"))
+        tag_one(str(bad), catalogue.model, str(tmp_path / "never"),
+                replace(OPTIONS, passthrough=passthrough))  # fmt: skip
     assert not (tmp_path / "never").exists()
+
+
+def test_refuses_thresholds_that_do_not_fit_before_any_work(catalogue, musicnn_model, tmp_path):
+    partial, whole = tmp_path / "partial.json", tmp_path / "whole.json"
+    partial.write_text(json.dumps({tag: 0.5 for tag in VOCABULARY[1:]}))
+    whole.write_text(json.dumps({tag: 0.5 for tag in VOCABULARY}))
+    both = [catalogue.model, musicnn_model]
+    cases = {  # message: (models, --thresholds)
+        f"--thresholds of tiny-tagger version 3: {partial}: thresholds do not match the "
+        f"vocabulary: missing \\['{VOCABULARY[0]}'\\]": ([catalogue.model], (str(partial),)),
+        "cannot read thresholds from": ([catalogue.model], (str(tmp_path / "nowhere.json"),)),
+        "with several --model, give MODEL=FILE": (both, (str(whole),)),
+        f"--thresholds given twice for {musicnn_model}": (both, (f"{musicnn_model}={whole}",) * 2),
+    }
+    for message, (models, thresholds) in cases.items():
+        with pytest.raises(TagError, match=message):
+            options = replace(OPTIONS, thresholds=thresholds)
+            tag_catalogue(catalogue.manifest, models, str(tmp_path / "never"), options)
+    assert not (tmp_path / "never").exists()
+    # MODEL=FILE names its model, whichever --model it is.
+    named = replace(OPTIONS, thresholds=(f"{musicnn_model}={whole}",))
+    assert named.threshold_files(both) == [None, str(whole)]
 
 
 def test_automatic_options_fit_the_cluster() -> None:

@@ -1,14 +1,17 @@
 """TagOptions: every setting of a tagging run, and their resolution against the cluster.
 
-Only ``max_patches`` (the long-track policy) changes what a track's scores are; the rest
-decide how the run is cut into work. ``None`` means "decide from the cluster": GPU and
-CPU-only clusters want different layouts (:meth:`TagOptions.resolved`; the measurements
-behind each default are in docs/benchmarks.md).
+Only ``max_patches`` (the long-track policy) changes what a track's scores are;
+``thresholds`` decides its ``tags``, and ``top_k``, ``embedding`` and ``passthrough`` what
+else a prediction row holds. The rest decide how the run is cut into work. ``None`` means
+"decide from the cluster": GPU and CPU-only clusters want different layouts
+(:meth:`TagOptions.resolved`; the measurements behind each default are in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from raytag.settings import none_if_zero, setting
@@ -28,10 +31,16 @@ DECODE_ON = ("auto", "decode-nodes", "anywhere")
 _ROWS_PER_EXECUTION_PER_CPU, _MAX_ROWS_PER_EXECUTION = 12_500, 1_000_000
 
 
+def column_list(text: str | None) -> tuple[str, ...] | None:
+    """For ``--passthrough a,b``: the names, in order; "" for none, None (absent) for all."""
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 @dataclass(frozen=True)
 class TagOptions:
-    """How a tagging run is cut into work (see the module docstring). Each field is an
-    option of ``raytag tag`` (:mod:`raytag.settings`); None: decided by :meth:`resolved`."""
+    """What a tagging run writes and how it is cut into work (see the module docstring).
+    Each field is an option of ``raytag tag`` (:mod:`raytag.settings`); None: decided by
+    :meth:`resolved`."""
 
     max_patches: int | None = setting(
         32,
@@ -40,6 +49,21 @@ class TagOptions:
     )
     top_k: int = setting(5, "Tags kept in top_tags.")
     embedding: bool = setting(False, "Write the embedding.")
+    thresholds: tuple[str, ...] = setting(
+        factory=tuple,
+        help="A thresholds JSON file ({tag: threshold}, or the form raytag calibrate "
+        "stores) that decides the tags column instead of the model's own thresholds. With "
+        "several --model: MODEL=FILE, MODEL as given to --model, once per model overridden.",
+        parse=tuple,
+        multiple=True,
+    )
+    passthrough: tuple[str, ...] | None = setting(
+        None,
+        "Manifest columns the prediction rows carry, comma-separated (default: all; '': "
+        "none); track_id and uri always. One named like an output column (duration_s, "
+        "scores, tags, ...) is carried as input_NAME.",
+        parse=column_list,
+    )
     decode_batch_size: int = setting(8, "Tracks per decode task.")
     decode_on: str = setting(
         "auto",
@@ -210,6 +234,27 @@ class TagOptions:
                 resolved.decode_reserved_cpus,
             )
         return resolved
+
+    def threshold_files(self, model_uris: Sequence[str]) -> list[str | None]:
+        """The ``thresholds`` file of each of ``model_uris`` (None: the model's own): a
+        ``MODEL=FILE`` names its model; a bare FILE is for the only model of a run."""
+        files: dict[str, str] = {}
+        for given in self.thresholds:
+            named = [uri for uri in model_uris if given.startswith(f"{uri}=")]
+            if named:
+                uri = max(named, key=len)
+                file = given[len(uri) + 1 :]
+            elif len(model_uris) == 1:
+                uri, file = model_uris[0], given
+            else:
+                raise TagError(
+                    f"--thresholds {given!r}: with several --model, give MODEL=FILE, MODEL "
+                    f"exactly as given to --model (one of {', '.join(model_uris)})"
+                )
+            if uri in files:
+                raise TagError(f"--thresholds given twice for {uri}")
+            files[uri] = file
+        return [files.get(uri) for uri in model_uris]
 
     @property
     def decode_label_selector(self) -> dict[str, str] | None:

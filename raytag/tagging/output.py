@@ -5,12 +5,14 @@ Layout under ``output`` (a local folder or an ``s3://`` prefix): one folder per 
 and a later run can add a model or resume one::
 
     NAME-vVERSION/
-      predictions/*.parquet  the manifest's columns, then model_name, model_version,
-                             scores, top_tags, duration_s, n_patches[, embedding]
+      predictions/*.parquet  the manifest's columns (:func:`carried_columns`), then
+                             model_name, model_version, scores, tags, top_tags,
+                             duration_s, n_patches[, embedding]
       errors/*.parquet       track_id, uri, error_code, message
       vocabulary.json        the tag order of ``scores``
-      _run.json              status, model, counts, attempts (options, throughput,
-                             decoding, placement), versions
+      thresholds.json        the thresholds that decided ``tags`` and where they came from
+      _run.json              status, model, thresholds, counts, attempts (options,
+                             throughput, decoding, placement), versions
 
 Files appear whole (a rename on local disks, a single object on S3) under names fixed per
 attempt, execution and write task, so a retried write task overwrites its own files and
@@ -23,6 +25,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ import pyarrow.parquet as pq
 
 from raytag.manifest import TRACK_ID, URI, Manifest, ManifestError, read_footers
 from raytag.storage import arrow_filesystem, filesystem, is_local, join
+from raytag.thresholds import Thresholds
 
 if TYPE_CHECKING:
     import ray.data
@@ -39,32 +44,42 @@ if TYPE_CHECKING:
 PREDICTIONS = "predictions"
 ERRORS = "errors"
 VOCABULARY_FILE = "vocabulary.json"
+THRESHOLDS_FILE = "thresholds.json"
 RUN_FILE = "_run.json"
 
 ERROR_CODE = "error_code"
 MESSAGE = "message"
 SCORES = "scores"
+TAGS = "tags"
 DURATION = "duration_s"
 N_PATCHES = "n_patches"
 
 TOP_TAG = pa.struct([("tag", pa.string()), ("score", pa.float32())])
 _VECTOR = pa.list_(pa.float32())
 SCORES_FIELD = pa.field(SCORES, _VECTOR)  # one score per tag, in vocabulary.json's order
+# The tags whose score is at or above the model's threshold, in vocabulary order; null
+# on every row of a model without thresholds (see thresholds.json).
+TAGS_FIELD = pa.field(TAGS, pa.list_(pa.string()))
 # What the model stage adds to a row (null on rows that failed before it).
 MODEL_FIELDS = (
     pa.field("model_name", pa.string()),
     pa.field("model_version", pa.string()),
     SCORES_FIELD,
+    TAGS_FIELD,
     pa.field("top_tags", pa.list_(TOP_TAG)),
 )
 EMBEDDING_FIELD = pa.field("embedding", _VECTOR)
 DECODE_FIELDS = (pa.field(DURATION, pa.float64()), pa.field(N_PATCHES, pa.int32()))
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in (TRACK_ID, URI, ERROR_CODE, MESSAGE)])
-# A manifest column of one of these names would be overwritten on its way through the job.
-# Columns starting with "_" are the job's own, between its stages; never written.
+# Names the job gives columns of its own. Columns starting with "_" are the job's too,
+# between its stages; never written.
 ADDED_COLUMNS = frozenset(
     [ERROR_CODE, MESSAGE, EMBEDDING_FIELD.name] + [f.name for f in (*MODEL_FIELDS, *DECODE_FIELDS)]
 )
+# A manifest column named like one of the job's is carried as INPUT_PREFIX + its name.
+INPUT_PREFIX = "input_"
+# Where a model folder's thresholds came from (thresholds.json "source").
+FROM_MODEL, FROM_FILE, NO_THRESHOLDS = "model", "file", "none"
 _FILES_PER_READ = 16  # output files per read task
 
 
@@ -92,22 +107,38 @@ def model_fields(embedding: bool) -> list[pa.Field]:
 
 
 def prediction_schema(manifest: Manifest, embedding: bool) -> pa.Schema:
-    """Columns of ``predictions/*.parquet``: the manifest's, then the model's."""
+    """Columns of ``predictions/*.parquet``: the manifest's as read (see
+    :func:`carried_columns`), then the model's."""
     extra = [EMBEDDING_FIELD] if embedding else []
     return pa.schema([*manifest.normalised_schema, *MODEL_FIELDS, *DECODE_FIELDS, *extra])
 
 
-def check_manifest_columns(manifest: Manifest) -> None:
-    """Refuse, before any work, a manifest with a column the job would overwrite: one the
-    outputs add, or one starting with ``_`` (the job's own bookkeeping columns)."""
+def carried_columns(manifest: Manifest, passthrough: Sequence[str] | None) -> dict[str, str]:
+    """The manifest columns the prediction rows carry, each to its name there, in the
+    manifest's order: ``track_id``, ``uri`` and those of ``passthrough`` (None: all).
+
+    A column named like one of the job's own (:data:`ADDED_COLUMNS`, or starting with
+    ``_``) is carried as ``input_NAME``, so the user's ``duration_s`` arrives beside
+    raytag's. Raises ManifestError, before any work, for a ``passthrough`` column the
+    manifest lacks, or two columns that would be carried under one name.
+    """
     names = manifest.schema.names
-    clashes = sorted(ADDED_COLUMNS.intersection(names))
-    clashes += [name for name in names if name.startswith("_")]
-    if clashes:
+    if passthrough is not None:
+        manifest.select({name: name for name in passthrough})  # refuses unknown columns
+    wanted = set(names if passthrough is None else passthrough) | {TRACK_ID, URI}
+    carried = {name: _carried_name(name) for name in names if name in wanted}
+    twice = {name for name, count in Counter(carried.values()).items() if count > 1}
+    if twice:
+        clashes = [f"{source} (as {name})" for source, name in carried.items() if name in twice]
         raise ManifestError(
-            f"manifest {manifest.uri}: column(s) {', '.join(clashes)} are reserved for "
-            "tagging outputs"
+            f"manifest {manifest.uri}: columns {', '.join(clashes)} would be carried under "
+            "one name; leave one out with --passthrough"
         )
+    return carried
+
+
+def _carried_name(name: str) -> str:
+    return INPUT_PREFIX + name if name in ADDED_COLUMNS or name.startswith("_") else name
 
 
 def new_attempt_id() -> str:
@@ -201,12 +232,47 @@ def read_vocabulary(output: str) -> list[str] | None:
     return _read_json(join(output, VOCABULARY_FILE))
 
 
+def prediction_columns(output: str) -> list[str] | None:
+    """The columns of the predictions ``output`` already holds (one file's footer); None
+    when it holds none."""
+    files = output_files(output, PREDICTIONS)
+    if not files:
+        return None
+    fs, _ = arrow_filesystem(output)
+    return pq.read_schema(files[0], filesystem=fs).names
+
+
 def write_run(output: str, record: dict[str, Any]) -> None:
     _write_json(join(output, RUN_FILE), record)
 
 
 def write_vocabulary(output: str, vocabulary: list[str]) -> None:
     _write_json(join(output, VOCABULARY_FILE), vocabulary)
+
+
+def thresholds_record(
+    thresholds: Thresholds | None, vocabulary: list[str], source: str, file: str | None = None
+) -> dict[str, Any]:
+    """thresholds.json: ``source`` (``model``, ``file`` or ``none``), the ``file`` they
+    were read from, and :meth:`Thresholds.to_dict`'s ``values`` and ``policy`` (null for
+    ``none``)."""
+    if thresholds is None:
+        return {"source": source, "file": file, "values": None, "policy": None}
+    return {"source": source, "file": file, **thresholds.to_dict(vocabulary)}
+
+
+def recorded_thresholds(record: dict[str, Any], vocabulary: list[str]) -> Thresholds | None:
+    """The thresholds a :func:`thresholds_record` holds; None for a model without any."""
+    return None if record["values"] is None else Thresholds.from_dict(record, vocabulary)
+
+
+def read_thresholds(output: str) -> dict[str, Any] | None:
+    """thresholds.json of ``output`` (:func:`thresholds_record`); None before any run."""
+    return _read_json(join(output, THRESHOLDS_FILE))
+
+
+def write_thresholds(output: str, record: dict[str, Any]) -> None:
+    _write_json(join(output, THRESHOLDS_FILE), record)
 
 
 def _read_json(uri: str) -> Any:

@@ -1,13 +1,14 @@
 """The tagging job: a Parquet manifest in, Parquet predictions and errors out, exactly
 once per model, each track decoded once for all models.
 
-    open_manifest            check files and schema before any work
+    open_manifest            check files and schema, choose each model's thresholds and
+                             the columns carried through, before any work
     pending_rows             pair the manifest with each model's folder in --output: only
                              rows some model lacks are decoded (a rerun resumes, an added
                              model tags only its rows), bad rows become error rows
     decode   (CPU, decode    URI -> 16 kHz mono, each model's   stages.decode_batch/Decoder
               nodes)         patches as 16-bit PCM
-    predict  (GPU or CPU)    patches -> scores, top tags        stages.TagPredictor
+    predict  (GPU or CPU)    patches -> scores, tags, top tags  stages.TagPredictor
     write                    per model: predictions/ + errors/  stages.TagSink
     verify                   per model: every manifest row in exactly one output row, or
                              the run fails
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.data
@@ -36,10 +37,14 @@ from raytag.config import AudioConfig
 from raytag.manifest import open_manifest
 from raytag.tagging.options import DECODE_ROLE, ROLE_LABEL, TagOptions
 from raytag.tagging.output import (
+    FROM_FILE,
+    FROM_MODEL,
+    NO_THRESHOLDS,
     TagError,
-    check_manifest_columns,
+    carried_columns,
     model_output,
     prediction_schema,
+    thresholds_record,
     write_run,
 )
 from raytag.tagging.reconcile import (
@@ -49,8 +54,15 @@ from raytag.tagging.reconcile import (
     pending_rows,
     verify_manifest,
 )
-from raytag.tagging.record import RunSummary, attempt_record, run_record, start_run
+from raytag.tagging.record import (
+    RunSummary,
+    attempt_record,
+    check_output,
+    run_record,
+    start_run,
+)
 from raytag.tagging.stages import Decoder, TagPredictor, TagSink, decode_batch
+from raytag.thresholds import read_thresholds_file
 
 if TYPE_CHECKING:
     from raytag.checkpoint import LoadedModel
@@ -73,34 +85,40 @@ def tag_catalogue(
     track once for all models; verify each model's output exactly-once and write its
     ``_run.json``. One summary per model, in order.
 
-    Raises ManifestError or TagError before any work, IncompleteRunError at the end when
-    a model's output misses a row or holds one twice.
+    Each model decides its ``tags`` with the thresholds of ``options.thresholds`` given
+    for it, else its own; a model with neither writes null ``tags`` (no thresholds are
+    made up). Raises ManifestError or TagError before any work, IncompleteRunError at the
+    end when a model's output misses a row, holds one twice or holds tags its scores and
+    thresholds do not give.
     """
     options = options or TagOptions()
     started = time.time()
     manifest = open_manifest(manifest_uri)
-    check_manifest_columns(manifest)
-    models = [resolve_model(uri) for uri in model_uris]
+    manifest = manifest.select(carried_columns(manifest, options.passthrough))
+    threshold_files = options.threshold_files(model_uris)
+    decided = [
+        with_thresholds(resolve_model(uri), file)
+        for uri, file in zip(model_uris, threshold_files, strict=True)
+    ]
+    models = [model for model, _ in decided]
     outputs = [model_output(output, model.name, model.version) for model in models]
     if not models or len(set(outputs)) < len(outputs):
         raise TagError("give each model once (one output folder per model name and version)")
+    columns = prediction_schema(manifest, options.embedding).names
+    for out, (model, thresholds) in zip(outputs, decided, strict=True):
+        check_output(out, model, thresholds, columns)
     # Each model's patch policy; models that share one share its patches.
     policies = list(
         dict.fromkeys(replace(m.audio, max_patches=options.max_patches) for m in models)
     )
     policy_of = [policies.index(replace(m.audio, max_patches=options.max_patches)) for m in models]
     earlier = [
-        start_run(out, manifest, uri, model, started)
-        for out, uri, model in zip(outputs, model_uris, models, strict=True)
+        start_run(out, manifest, uri, model, thresholds, started)
+        for out, uri, (model, thresholds) in zip(outputs, model_uris, decided, strict=True)
     ]
 
     unmatched, n_pending = pending_rows(manifest, outputs)
-    sink = TagSink(
-        outputs,
-        policy_of,
-        prediction_schema(manifest, options.embedding).names,
-        options.rows_per_file,
-    )
+    sink = TagSink(outputs, policy_of, columns, options.rows_per_file)
     phases = {"plan_s": time.time() - started}
     if n_pending:
         cluster = ray.cluster_resources()
@@ -121,12 +139,13 @@ def tag_catalogue(
     phases["verify_s"] = time.time() - started - phases["plan_s"] - phases["tag_s"]
     decoding = {**sink.decoding(), "models": [out.rsplit("/", 1)[-1] for out in outputs]}
     summaries = []
-    for index, (out, uri, model, report) in enumerate(
-        zip(outputs, model_uris, models, reports, strict=True)
+    for index, (out, uri, (model, thresholds), report) in enumerate(
+        zip(outputs, model_uris, decided, reports, strict=True)
     ):
         written = sink.model_counts(index)
         attempt = attempt_record(started, written, decoding, options, phases)
-        record = run_record(manifest, uri, model, out, report, [*earlier[index], attempt])
+        attempts = [*earlier[index], attempt]
+        record = run_record(manifest, uri, model, thresholds, out, report, attempts)
         write_run(out, record)
         summaries.append(RunSummary(record=record, report=report))
     for report in reports:
@@ -205,6 +224,20 @@ def _decode_node_cpus() -> float:
         for node in ray.nodes()
         if node["Alive"] and node.get("Labels", {}).get(ROLE_LABEL) == DECODE_ROLE
     )
+
+
+def with_thresholds(model: LoadedModel, file: str | None) -> tuple[LoadedModel, dict[str, Any]]:
+    """``model`` deciding its tags with the thresholds in ``file`` (None: its own), and
+    the record of them for its folder's thresholds.json."""
+    if file is None:
+        source = NO_THRESHOLDS if model.thresholds is None else FROM_MODEL
+        return model, thresholds_record(model.thresholds, model.vocabulary, source)
+    try:
+        thresholds = read_thresholds_file(file, model.vocabulary)
+    except ValueError as error:
+        raise TagError(f"--thresholds of {model.name} version {model.version}: {error}") from error
+    record = thresholds_record(thresholds, model.vocabulary, FROM_FILE, file)
+    return replace(model, thresholds=thresholds), record
 
 
 def resolve_model(uri: str) -> LoadedModel:

@@ -6,7 +6,8 @@ pair off with the manifest's by ``(track_id, uri)`` as multisets. A manifest row
 some output (one per model) has no partner for is pending, marked with the outputs that
 lack it; an output row with no partner is surplus (written twice, or another
 manifest's). A rerun decodes only the rows some model still lacks; :func:`verify` is the
-same pairing for one output, counted.
+same pairing for one output, counted, and checks each prediction row's ``tags`` against
+its ``scores`` and the folder's thresholds.json.
 
 Every row of a ``track_id`` that appears more than once is an error row
 (``duplicate_track_id``): which of its URIs is meant cannot be known.
@@ -29,10 +30,16 @@ from raytag.tagging.output import (
     ERRORS,
     MESSAGE,
     PREDICTIONS,
+    SCORES,
+    TAGS,
     TagError,
     count_rows,
     read_output,
+    read_thresholds,
+    read_vocabulary,
+    recorded_thresholds,
 )
+from raytag.thresholds import Thresholds
 
 # The side a row comes from, the output it was read from (its index; -1: the manifest),
 # its bucket (a stable hash of its track_id), how many manifest rows share its track_id.
@@ -218,10 +225,13 @@ class VerifyReport:
     missing: int  # manifest rows with no output row
     surplus: int  # output rows with no manifest row: written twice, or foreign
     examples: list[dict[str, Any]] = field(default_factory=list)
+    # Prediction rows whose tags are not those their scores and thresholds.json give;
+    # None: the folder records no thresholds (written before raytag had them).
+    wrong_tags: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.surplus == 0
+        return self.missing == 0 and self.surplus == 0 and not self.wrong_tags
 
     def describe(self) -> str:
         counts = (
@@ -230,12 +240,21 @@ class VerifyReport:
         )
         if self.ok:
             return counts + "every row exactly once"
-        shown = "; ".join(f"{e[_SIDE]} {e[TRACK_ID]!r} {e[URI]!r}" for e in self.examples)
-        return counts + f"{self.missing} missing, {self.surplus} surplus (e.g. {shown})"
+        problems = []
+        if self.missing or self.surplus:
+            shown = "; ".join(f"{e[_SIDE]} {e[TRACK_ID]!r} {e[URI]!r}" for e in self.examples)
+            problems.append(f"{self.missing} missing, {self.surplus} surplus (e.g. {shown})")
+        if self.wrong_tags:
+            problems.append(
+                f"{self.wrong_tags} prediction row(s) whose tags are not those their scores "
+                "and thresholds.json give"
+            )
+        return counts + "; ".join(problems)
 
 
 def verify(manifest_uri: str, output: str) -> VerifyReport:
-    """Check any run, finished or not: is each manifest row in exactly one output row?"""
+    """Check any run, finished or not: is each manifest row in exactly one output row, and
+    does each prediction row hold the tags its scores and thresholds give?"""
     return verify_manifest(open_manifest(manifest_uri), output)
 
 
@@ -251,4 +270,35 @@ def verify_manifest(manifest: Manifest, output: str, n_examples: int = 5) -> Ver
         examples=[
             {k: row[k] for k in (_SIDE, TRACK_ID, URI)} for row in unmatched.take(n_examples)
         ],
+        wrong_tags=count_wrong_tags(output),
     )
+
+
+def count_wrong_tags(output: str) -> int | None:
+    """Prediction rows of ``output`` whose ``tags`` are not what its thresholds.json gives
+    for their ``scores`` (null where it holds none); None when it records no thresholds."""
+    record = read_thresholds(output)
+    if record is None:
+        return None
+    vocabulary = read_vocabulary(output)
+    rows = read_output(output, PREDICTIONS, [SCORES, TAGS])
+    if rows is None:
+        return 0
+    fn_kwargs = {"thresholds": recorded_thresholds(record, vocabulary), "vocabulary": vocabulary}
+    per_block = rows.map_batches(_wrong_tags, fn_kwargs=fn_kwargs, batch_format="pyarrow")
+    return sum(row["wrong"] for row in per_block.iter_rows())
+
+
+def _wrong_tags(batch: pa.Table, thresholds: Thresholds | None, vocabulary: list[str]) -> pa.Table:
+    tags = batch[TAGS].to_pylist()
+    if thresholds is None:
+        wrong = sum(row is not None for row in tags)
+    else:
+        # A row whose scores are not one per tag cannot hold the right tags.
+        whole = pc.fill_null(pc.equal(pc.list_value_length(batch[SCORES]), len(vocabulary)), False)
+        scores = pc.list_flatten(batch[SCORES].filter(whole)).to_numpy(zero_copy_only=False)
+        expected = thresholds.tags(scores.reshape(-1, len(vocabulary)), vocabulary)
+        kept = [row for row, keep in zip(tags, whole.to_pylist(), strict=True) if keep]
+        wrong = batch.num_rows - len(kept)
+        wrong += sum(got != want for got, want in zip(kept, expected, strict=True))
+    return pa.table({"wrong": [wrong]})

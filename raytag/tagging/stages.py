@@ -2,7 +2,8 @@
 
     decode_batch / Decoder   CPU: URI -> decoded once, cut into each model's patches
                              (16-bit PCM); an unreadable file becomes the row's error
-    TagPredictor             every model's replica per actor: patches -> per-track scores
+    TagPredictor             every model's replica per actor: patches -> per-track scores,
+                             and the tags at the model's thresholds
     TagSink                  rows -> per model, one predictions/ and one errors/ file per
                              write task
 
@@ -40,6 +41,8 @@ from raytag.tagging.output import (
     N_PATCHES,
     PREDICTIONS,
     SCORES,
+    TAGS,
+    TAGS_FIELD,
     TOP_TAG,
     file_name,
     model_fields,
@@ -219,7 +222,9 @@ class _Replica:
     def __init__(self, model: LoadedModel, device: Any, options: TagOptions) -> None:
         self.model = model.model.to(device).eval()
         self.name, self.version = model.name, model.version
-        self.vocabulary = np.asarray(model.vocabulary, dtype=object)
+        self.tag_names = list(model.vocabulary)
+        self.vocabulary = np.asarray(self.tag_names, dtype=object)
+        self.thresholds = model.thresholds
         self.options = options
         self.embed = None
         if options.compile:
@@ -250,11 +255,18 @@ class _Replica:
             "model_name": pa.array([self.name] * n, pa.string()),
             "model_version": pa.array([self.version] * n, pa.string()),
             SCORES: _list_rows(pa.array(scores.reshape(-1)), n),
+            TAGS: self._tags(scores),
             "top_tags": _list_rows(top_tags, n),
         }
         if self.options.embedding:
             columns[EMBEDDING_FIELD.name] = _list_rows(pa.array(embeddings.reshape(-1)), n)
         return columns
+
+    def _tags(self, scores: np.ndarray) -> pa.Array:
+        """The tags each row of ``scores`` is assigned; null rows without thresholds."""
+        if self.thresholds is None:
+            return pa.nulls(len(scores), TAGS_FIELD.type)
+        return pa.array(self.thresholds.tags(scores, self.tag_names), TAGS_FIELD.type)
 
     def _predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from raytag.models.inference import predict_patches
