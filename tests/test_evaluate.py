@@ -32,8 +32,10 @@ from raytag.evaluate import (
 )
 from raytag.models import build_model
 from raytag.tagging import TagOptions, tag_catalogue
+from raytag.thresholds import Thresholds
 
 VOCABULARY = ["tone", "noise", "never"]
+CALIBRATED = Thresholds([0.0, 1.1, 0.5])
 # metrics.json's keys, in order, as `raytag evaluate` has always written them.
 METRICS_KEYS = ["macro_roc_auc", "macro_pr_auc", "n_tracks", "n_tags", "n_tags_scored",
                 "per_tag", "model", "manifest", "split", "errors", "unknown_tags"]  # fmt: skip
@@ -78,6 +80,35 @@ def test_tags_without_both_classes_are_null_with_a_reason() -> None:
     empty = compute_metrics(np.zeros((0, 2)), np.zeros((0, 2)), ["a", "b"])
     assert empty.macro_roc_auc is None and empty.macro_pr_auc is None
     json.dumps(empty.to_dict(), allow_nan=False)
+
+
+def test_metrics_at_thresholds_are_those_of_the_tags_assigned() -> None:
+    y_true = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 1, 1]])
+    y_score = np.array([[0.9, 0.1, 0.5], [0.6, 0.3, 0.5], [0.4, 0.2, 0.5], [0.1, 0.7, 0.1]])
+    thresholds = Thresholds([0.5, 0.8, 0.6])
+    metrics = compute_metrics(y_true, y_score, ["a", "b", "all"], thresholds)
+    a, b, every = metrics.per_tag
+    # a: 0.9 and 0.6 assigned, one of them right; b: nothing assigned, its one positive missed.
+    assert (a.threshold, a.n_assigned, a.precision, a.recall, a.f1) == (0.5, 2, 0.5, 0.5, 0.5)
+    assert (b.threshold, b.n_assigned, b.precision, b.recall, b.f1) == (0.8, 0, 0.0, 0.0, 0.0)
+    # No negatives: no AUC, no precision/recall/F1 either; the decisions are still counted.
+    assert (every.n_assigned, every.precision, every.f1, every.reason) == (
+        0, None, None, "no negative tracks",
+    )  # fmt: skip
+    assert (metrics.macro_precision, metrics.macro_recall, metrics.macro_f1) == (0.25, 0.25, 0.25)
+
+    # metrics.json holds the decision figures beside the AUCs, and reads back.
+    record = metrics.to_dict()
+    assert list(record)[:5] == ["macro_roc_auc", "macro_pr_auc", "macro_precision",
+                                "macro_recall", "macro_f1"]  # fmt: skip
+    assert list(record["per_tag"][0])[-5:] == ["threshold", "n_assigned", "precision",
+                                               "recall", "f1"]  # fmt: skip
+    evaluation = Evaluation(**vars(metrics), model={}, manifest="m", split=None, errors=(),
+                            unknown_tags=())  # fmt: skip
+    assert Evaluation.from_dict(json.loads(json.dumps(evaluation.to_dict()))) == evaluation
+    assert compute_metrics(y_true, y_score, ["a", "b", "all"]).macro_f1 is None
+    with pytest.raises(ValueError, match="2 thresholds for a vocabulary of 3 tags"):
+        compute_metrics(y_true, y_score, ["a", "b", "all"], Thresholds([0.5, 0.5]))
 
 
 def test_shape_mismatch_is_an_error() -> None:
@@ -143,10 +174,14 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
     manifest = folder / "manifest.parquet"
     pq.write_table(table, manifest)
-    model_dir = folder / "model"
     model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
-    save_model(model_dir, model, VOCABULARY, AudioConfig(max_patches=1), name="untrained")
-    return {"manifest": str(manifest), "model": str(model_dir)}
+    audio = AudioConfig(max_patches=1)
+    plain = save_model(folder / "model", model, VOCABULARY, audio, name="untrained")
+    # The same model with thresholds: tone assigned to every track, noise to none (scores
+    # are sigmoids, below 1.1).
+    calibrated = save_model(folder / "calibrated", model, VOCABULARY, audio, name="calibrated",
+                            thresholds=CALIBRATED)  # fmt: skip
+    return {"manifest": str(manifest), "model": str(plain), "calibrated": str(calibrated)}
 
 
 def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path: Path) -> None:
@@ -179,6 +214,23 @@ def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path:
 
     assert len(read_labelled_tracks(catalogue["manifest"])) == 5  # no split: every row
 
+    # A calibrated model is evaluated at its thresholds; its AUCs are its plain twin's.
+    decided = evaluate_model(load_model(catalogue["calibrated"]), catalogue["manifest"], "test")
+    _check_calibrated(decided)
+    plain = evaluate_model(load_model(catalogue["model"]), catalogue["manifest"], "test")
+    assert decided.per_tag[0].roc_auc == pytest.approx(plain.per_tag[0].roc_auc)
+    assert plain.macro_f1 is None and not plain.at_thresholds
+
+
+def _check_calibrated(metrics: Evaluation) -> None:
+    """The figures of CALIBRATED on the test split: tone assigned to every track (2 of 3
+    right), noise to none, never has no positives."""
+    tone, noise, never = metrics.per_tag
+    assert (tone.n_assigned, tone.precision, tone.recall) == (3, pytest.approx(2 / 3), 1.0)
+    assert (noise.n_assigned, noise.precision, noise.recall, noise.f1) == (0, 0.0, 0.0, 0.0)
+    assert never.threshold == 0.5 and never.f1 is None
+    assert metrics.macro_f1 == pytest.approx((0.8 + 0.0) / 2)
+
 
 def test_cli_writes_metrics_json(catalogue: dict[str, str], tmp_path: Path) -> None:
     output = tmp_path / "out" / "metrics.json"
@@ -204,7 +256,16 @@ def test_cli_writes_metrics_json(catalogue: dict[str, str], tmp_path: Path) -> N
     assert metrics["n_tracks"] == 3 and len(metrics["per_tag"]) == len(VOCABULARY)
     assert metrics["model"]["name"] == "untrained"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(PLOT_FILES)
-    assert "macro_roc_auc" in result.output
+    assert "macro_roc_auc" in result.output and "macro_f1" not in result.output
+
+    # A calibrated model: its decisions' figures in the summary and in metrics.json.
+    args = ["evaluate", "--model", catalogue["calibrated"], "--manifest",
+            catalogue["manifest"], "--split", "test", "--output", str(output)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["macro_f1"] == pytest.approx(0.4) and summary["macro_precision"] is not None
+    assert json.loads(output.read_text())["per_tag"][1]["threshold"] == 1.1
 
 
 def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> None:
@@ -229,15 +290,27 @@ def test_manifest_and_audio_on_s3(catalogue: dict[str, str], s3_bucket: str) -> 
 
 
 @pytest.fixture(scope="module")
-def tagged(catalogue: dict[str, str], tmp_path_factory: pytest.TempPathFactory, ray_local) -> str:
-    """The whole catalogue (both splits) tagged by raytag's pipeline on a local Ray."""
+def tagged_runs(
+    catalogue: dict[str, str], tmp_path_factory: pytest.TempPathFactory, ray_local
+) -> dict[str, str]:
+    """The whole catalogue (both splits) tagged by raytag's pipeline on a local Ray, by the
+    plain and the calibrated model: each one's folder in the run's output."""
     output = str(tmp_path_factory.mktemp("tagged") / "tags")
     # float32 patches, so that the run's scores are those scored here exactly (how far the
     # default 16-bit patches move them is tested in test_tagging.py).
     options = TagOptions(pcm16=False)
-    [summary] = tag_catalogue(catalogue["manifest"], [catalogue["model"]], output, options)
-    assert summary.record["status"] == "complete"
-    return summary.record["output"]  # the model's folder in the run's output
+    models = [catalogue["model"], catalogue["calibrated"]]
+    summaries = tag_catalogue(catalogue["manifest"], models, output, options)
+    assert [summary.record["status"] for summary in summaries] == ["complete", "complete"]
+    return {
+        key: s.record["output"] for key, s in zip(("plain", "calibrated"), summaries, strict=True)
+    }
+
+
+@pytest.fixture(scope="module")
+def tagged(tagged_runs: dict[str, str]) -> str:
+    """The plain model's folder of the tagging run."""
+    return tagged_runs["plain"]
 
 
 def _by_track(tracks: TrackScores) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -274,6 +347,18 @@ def test_a_tagging_runs_scores_give_the_metrics_of_scoring_here(
     assert metrics.predictions == tagged
     assert sorted(Path(p).name for p in metrics.plots) == sorted(PLOT_FILES)
     assert list(metrics.to_dict())[-2:] == ["plots", "predictions"]
+
+
+def test_a_tagging_runs_scores_are_evaluated_at_the_thresholds_it_decided_with(
+    catalogue: dict[str, str], tagged_runs: dict[str, str]
+) -> None:
+    metrics = evaluate_predictions(tagged_runs["calibrated"], catalogue["manifest"], "test")
+    assert tuple(row.threshold for row in metrics.per_tag) == CALIBRATED.values
+    _check_calibrated(metrics)
+    given = Thresholds([0.0, 0.0, 0.0])  # given thresholds win over the run's
+    metrics = evaluate_predictions(tagged_runs["plain"], catalogue["manifest"], "test",
+                                   thresholds=given)  # fmt: skip
+    assert [row.n_assigned for row in metrics.per_tag] == [3, 3, 3]
 
 
 def test_cli_evaluates_predictions_and_wants_one_source(

@@ -19,8 +19,9 @@ from raytag import registry
 from raytag.catalogue import VOCABULARY, synthesize
 from raytag.checkpoint import load_model, save_model
 from raytag.config import AudioConfig
-from raytag.evaluate import evaluate_model
+from raytag.evaluate import calibrate, evaluate_model, score_tracks
 from raytag.models import build_model
+from raytag.thresholds import Thresholds
 from raytag.train import TrainConfig, best_checkpoint, fit, initial_model, run_training
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -59,7 +60,8 @@ def test_training_learns_and_registers_in_mlflow(
     assert summary.version == "1"
     assert list(summary.to_dict()) == [  # what `raytag train` prints, less the metrics
         "run_id", "epochs", "best_val_loss", "test_macro_roc_auc", "test_macro_pr_auc",
-        "model_uri", "registered_model", "version", "alias", "checkpoint_path", "metrics",
+        "test_macro_f1", "model_uri", "registered_model", "version", "alias",
+        "checkpoint_path", "thresholds", "metrics",
     ]  # fmt: skip
     assert "plots" not in summary.to_dict()["metrics"]  # logged as artifacts, not paths
 
@@ -73,6 +75,19 @@ def test_training_learns_and_registers_in_mlflow(
     auc = {row.tag: row.roc_auc for row in metrics.per_tag}
     assert auc["loud"] >= 0.9 and auc["quiet"] >= 0.9, auc
     assert (auc["high_register"] + auc["low_register"]) / 2 >= 0.70, auc
+
+    # Its thresholds travel with it: those of calibrating its scores of the valid split, by
+    # the default rule; the test split was evaluated at them.
+    valid = score_tracks(loaded, learning_catalogue, "valid")
+    expected = calibrate(valid.y_true, valid.y_score, list(VOCABULARY), split="valid",
+                         manifest=learning_catalogue)  # fmt: skip
+    assert loaded.thresholds.values == pytest.approx(expected.values, abs=1e-6)
+    assert loaded.thresholds.policy == expected.policy
+    assert expected.policy["n_tracks"] == len(valid.track_ids) > 0
+    assert Thresholds.from_dict(summary.thresholds, list(VOCABULARY)) == loaded.thresholds
+    decided = {row.tag: row for row in summary.metrics.per_tag}
+    assert decided["loud"].threshold == loaded.thresholds.values[VOCABULARY.index("loud")]
+    assert summary.test_macro_f1 == summary.metrics.macro_f1 > 0
 
     client = mlflow.MlflowClient()
     run = client.get_run(summary.run_id)
@@ -89,6 +104,15 @@ def test_training_learns_and_registers_in_mlflow(
     assert "test_macro_roc_auc" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/test")}
     assert {"evaluation/test/roc_curves.png", "evaluation/test/per_tag_roc_auc.png"} <= artifacts
+    # The calibration is logged: policy tags, the per-tag table, the thresholds file, and
+    # the decisions' figures on both splits.
+    assert run.data.tags["raytag.thresholds.rule"] == "max_f1"
+    assert run.data.params["threshold_rule"] == "max_f1"
+    assert {"valid_macro_f1", "test_macro_f1", "valid_macro_roc_auc"} <= set(run.data.metrics)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "thresholds")}
+    assert logged == {"thresholds/table.json", "thresholds/thresholds.json"}
+    stored = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/thresholds/thresholds.json")
+    assert Thresholds.from_dict(stored, list(VOCABULARY)) == loaded.thresholds
 
 
 def _registered_checkpoints(run_dir: Path) -> int:
@@ -231,3 +255,11 @@ def test_fine_tuning_with_a_frozen_encoder_changes_only_the_head(
     # Every encoder weight and batch-norm statistic as it was; the dense head trained.
     assert changed and all(key.startswith(head) for key in changed), changed
     assert "backend.dense.weight" in changed
+
+
+def test_a_thresholds_rule_that_cannot_work_fails_before_training() -> None:
+    with pytest.raises(ValueError, match="unknown thresholds rule 'best'"):
+        TrainConfig(manifest="m", threshold_rule="best")
+    with pytest.raises(ValueError, match="needs a target precision"):
+        TrainConfig(manifest="m", threshold_rule="precision")
+    assert TrainConfig(manifest="m", threshold_rule="precision", target_precision=0.8)

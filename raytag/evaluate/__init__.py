@@ -16,8 +16,24 @@ wrote instead, so a test set of any size is scored on the cluster.
     metrics   the records (TagMetrics, Metrics, Evaluation) and the computation of the AUCs
     scoring   the scores of a model, or of a tagging run's output, and their evaluation
     plots     per-tag AUC bars, ROC and PR curves, as PNGs
+    calibration  per-tag decision thresholds chosen on a labelled split (its docstring has
+              the policy), logged to MLflow, and ``raytag calibrate``'s new model version
+
+With thresholds (the model's own, or given), the metrics also hold each tag's precision,
+recall and F1 of the tags assigned at its threshold, and their macro means over the same
+tags as the macro AUCs.
 """
 
+from raytag.evaluate.calibration import (
+    RULES,
+    CalibratedVersion,
+    Calibration,
+    calibrate,
+    calibrate_model,
+    calibrate_split,
+    log_calibration,
+    log_evaluation,
+)
 from raytag.evaluate.metrics import (
     Evaluation,
     Metrics,
@@ -31,6 +47,8 @@ from raytag.evaluate.plots import PLOT_FILES, write_plots
 from raytag.evaluate.scoring import (
     evaluate_model,
     evaluate_predictions,
+    evaluate_tracks,
+    labelled_splits,
     read_labelled_tracks,
     score_predictions,
     score_tracks,
@@ -38,14 +56,24 @@ from raytag.evaluate.scoring import (
 
 __all__ = [
     "PLOT_FILES",
+    "RULES",
+    "CalibratedVersion",
+    "Calibration",
     "Evaluation",
     "Metrics",
     "TagMetrics",
     "TrackScores",
+    "calibrate",
+    "calibrate_model",
+    "calibrate_split",
     "compute_metrics",
     "evaluate_model",
     "evaluate_predictions",
+    "evaluate_tracks",
     "label_matrix",
+    "labelled_splits",
+    "log_calibration",
+    "log_evaluation",
     "read_labelled_tracks",
     "score_predictions",
     "score_tracks",

@@ -1,5 +1,6 @@
 """Where the scores come from (a model run over the manifest's tracks, or the output of a
-finished tagging run), and the evaluation they make."""
+finished tagging run), and the evaluation they make: at the model's thresholds when it
+has them."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ from raytag.tagging.output import (
     SCORES_FIELD,
     read_output_table,
     read_run,
+    read_thresholds,
     read_vocabulary,
+    recorded_thresholds,
 )
+from raytag.thresholds import Thresholds
 
 
 def read_labelled_tracks(manifest_uri: str, split: str | None = None) -> list[dict[str, Any]]:
@@ -36,14 +40,38 @@ def read_labelled_tracks(manifest_uri: str, split: str | None = None) -> list[di
     return _labelled_table(manifest_uri, split).to_pylist()
 
 
+def labelled_splits(manifest_uri: str) -> list[str]:
+    """The splits a labelled manifest names, sorted: for errors that say what is there."""
+    dataset = _labelled_dataset(manifest_uri, None)
+    if "split" not in dataset.schema.names:
+        return []
+    splits = dataset.read(columns=["split"])["split"]
+    return sorted(value for value in pc.unique(splits).to_pylist() if value is not None)
+
+
 def _labelled_table(manifest_uri: str, split: str | None) -> pa.Table:
+    dataset = _labelled_dataset(manifest_uri, split)
+    return dataset.read(columns=[TRACK_ID, URI, "tags"])
+
+
+def _labelled_dataset(manifest_uri: str, split: str | None) -> pq.ParquetDataset:
+    """The manifest's files, only the rows of ``split`` if given; a ValueError naming the
+    missing columns when it is not a labelled manifest."""
     fs, path = arrow_filesystem(manifest_uri)
-    return pq.read_table(
-        path,
-        filesystem=fs,
-        columns=[TRACK_ID, URI, "tags"],
-        filters=[("split", "==", split)] if split else None,
-    )
+    try:
+        dataset = pq.ParquetDataset(
+            path, filesystem=fs, filters=[("split", "==", split)] if split else None
+        )
+    except FileNotFoundError as error:
+        raise ValueError(f"no manifest at {manifest_uri}") from error
+    needed = [TRACK_ID, URI, "tags", *(["split"] if split else [])]
+    missing = [name for name in needed if name not in dataset.schema.names]
+    if missing:
+        raise ValueError(
+            f"{manifest_uri} has no {' or '.join(missing)} column: labelled tracks need "
+            f"{', '.join(needed)}"
+        )
+    return dataset
 
 
 def score_tracks(
@@ -88,14 +116,19 @@ def evaluate_model(
     split: str | None = None,
     audio: AudioConfig | None = None,
     *,
+    thresholds: Thresholds | None = None,
     plots_dir: str | Path | None = None,
     batch_size: int = 64,
 ) -> Evaluation:
-    """Score the manifest's tracks and compute the metrics; with ``plots_dir``, also write
-    the plots there and list their paths under ``plots``."""
+    """Score the manifest's tracks and compute the metrics, at ``thresholds`` or else the
+    model's own (none when it is not calibrated); with ``plots_dir``, also write the plots
+    there and list their paths under ``plots``."""
     tracks = score_tracks(loaded, manifest_uri, split, audio, batch_size)
     model = {"name": loaded.name, "version": loaded.version}
-    return _report(tracks, loaded.vocabulary, model, manifest_uri, split, plots_dir)
+    return evaluate_tracks(
+        tracks, loaded.vocabulary, model, manifest_uri, split,
+        thresholds=thresholds or loaded.thresholds, plots_dir=plots_dir,
+    )  # fmt: skip
 
 
 def score_predictions(
@@ -147,12 +180,19 @@ def evaluate_predictions(
     manifest_uri: str,
     split: str | None = None,
     *,
+    thresholds: Thresholds | None = None,
     plots_dir: str | Path | None = None,
 ) -> Evaluation:
-    """The metrics of :func:`evaluate_model`, from the scores a ``raytag tag`` run wrote."""
+    """The metrics of :func:`evaluate_model`, from the scores a ``raytag tag`` run wrote, at
+    ``thresholds`` or else those the run decided its ``tags`` with (none for a model
+    without thresholds)."""
     tracks, vocabulary, model = score_predictions(output, manifest_uri, split)
+    if thresholds is None and (record := read_thresholds(output)) is not None:
+        thresholds = recorded_thresholds(record, vocabulary)
     model = {"name": model["name"], "version": model["version"]}
-    evaluation = _report(tracks, vocabulary, model, manifest_uri, split, plots_dir)
+    evaluation = evaluate_tracks(
+        tracks, vocabulary, model, manifest_uri, split, thresholds=thresholds, plots_dir=plots_dir
+    )
     return replace(evaluation, predictions=output)
 
 
@@ -170,15 +210,19 @@ def _rows_sharing_track_id(left: pa.Table, right: pa.Table) -> tuple[np.ndarray,
     return pairs["left"].to_numpy(), pairs["right"].to_numpy()
 
 
-def _report(
+def evaluate_tracks(
     tracks: TrackScores,
     vocabulary: list[str],
     model: dict[str, str],
     manifest_uri: str,
     split: str | None,
-    plots_dir: str | Path | None,
+    *,
+    thresholds: Thresholds | None = None,
+    plots_dir: str | Path | None = None,
 ) -> Evaluation:
-    metrics = compute_metrics(tracks.y_true, tracks.y_score, vocabulary)
+    """The evaluation of scores already computed: the metrics (at ``thresholds`` if given),
+    what was left out, and the plots when ``plots_dir`` is given."""
+    metrics = compute_metrics(tracks.y_true, tracks.y_score, vocabulary, thresholds)
     plots = None
     if plots_dir is not None:
         paths = write_plots(metrics, tracks.y_true, tracks.y_score, plots_dir)

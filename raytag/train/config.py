@@ -100,6 +100,22 @@ class TrainConfig:
         2, "Checkpoints kept: the best by validation loss (every epoch's metrics stay)."
     )
     seed: int = setting(0, "Seed of the fresh weights, dropout and the shuffle buffer.")
+    threshold_rule: str = setting(
+        "max_f1",
+        "How each tag's decision threshold is chosen on the valid split: max_f1 (its best "
+        "F1) or precision (the most recall at --target-precision).",
+    )
+    target_precision: float | None = setting(
+        None,
+        "Precision each tag's threshold aims for on the valid split (--threshold-rule "
+        "precision); a tag that reaches it nowhere keeps its max_f1 threshold.",
+    )
+
+    def __post_init__(self) -> None:
+        # Checked here, so that a typo fails before training rather than after it.
+        from raytag.evaluate.calibration import check_rule
+
+        check_rule(self.threshold_rule, self.target_precision)
 
     def audio(self) -> AudioConfig:
         return AudioConfig(patch_seconds=self.patch_seconds)

@@ -1,5 +1,6 @@
-"""The driver: fit with Ray Train (or resume), pick the best checkpoint, evaluate it on the
-test split, and track the run and the registered model in MLflow."""
+"""The driver: fit with Ray Train (or resume), pick the best checkpoint, calibrate its
+per-tag thresholds on the valid split, evaluate it at them on the test split, and track the
+run and the registered model (thresholds included) in MLflow."""
 
 from __future__ import annotations
 
@@ -81,19 +82,21 @@ def best_checkpoint(result: train.Result) -> Checkpoint:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What :func:`run_training` did: the MLflow run, the registered version, the test split's
-    evaluation and where Ray Train kept the checkpoints."""
+    """What :func:`run_training` did: the MLflow run, the registered version, its thresholds,
+    the test split's evaluation at them and where Ray Train kept the checkpoints."""
 
     run_id: str
     epochs: int | None
     best_val_loss: float | None
     test_macro_roc_auc: float | None
     test_macro_pr_auc: float | None
+    test_macro_f1: float | None  # at the thresholds
     model_uri: str
     registered_model: str | None
     version: str | None
     alias: str | None
     checkpoint_path: str
+    thresholds: dict[str, Any]  # Thresholds.to_dict: {"values": {tag: threshold}, "policy"}
     metrics: Evaluation
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,12 +111,13 @@ def run_training(
     registered_model: str | None = None,
     alias: str | None = None,
 ) -> TrainingResult:
-    """Fit (or resume), evaluate the best checkpoint on the test split, log everything to
-    MLflow (``MLFLOW_TRACKING_URI``) and register the model."""
+    """Fit (or resume), calibrate the best checkpoint's thresholds on the valid split
+    (``config.threshold_rule``), evaluate it at them on the test split, log everything to
+    MLflow (``MLFLOW_TRACKING_URI``) and register the model with its thresholds."""
     import mlflow
 
     from raytag import registry
-    from raytag.evaluate import evaluate_model
+    from raytag.evaluate import calibrate_split, evaluate_model, log_calibration, log_evaluation
 
     mlflow.set_experiment(experiment)
     # A resumed fit logs into the MLflow run of its earlier attempt.
@@ -128,21 +132,28 @@ def run_training(
             raise RuntimeError(f"training failed: {result.error}") from result.error
         with best_checkpoint(result).as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
             loaded = load_model(folder)
+            calibration = calibrate_split(
+                loaded, config.manifest, "valid", rule=config.threshold_rule,
+                target_precision=config.target_precision,
+            )  # fmt: skip
+            log_calibration(calibration)
+            # The registered model carries the thresholds (save_model writes them).
+            loaded = replace(loaded, thresholds=calibration.thresholds)
             metrics = evaluate_model(loaded, config.manifest, split="test", plots_dir=tmp)
-            # The plots go in as artifacts beside the JSON, not as paths of a deleted folder.
-            record = metrics.to_dict()
-            registry.log_run_evaluation(record, record.pop("plots", []))
-            info = registry.log_model(folder, registered_model_name=registered_model, alias=alias)
+            log_evaluation(metrics, prefix="test")
+            info = registry.log_model(loaded, registered_model_name=registered_model, alias=alias)
     return TrainingResult(
         run_id=run.info.run_id,
         epochs=result.metrics.get("epoch"),
         best_val_loss=result.metrics.get("best_val_loss"),
         test_macro_roc_auc=metrics.macro_roc_auc,
         test_macro_pr_auc=metrics.macro_pr_auc,
+        test_macro_f1=metrics.macro_f1,
         model_uri=info.model_uri,
         registered_model=registered_model,
         version=info.registered_model_version,
         alias=alias,
         checkpoint_path=result.path,
+        thresholds=calibration.thresholds.to_dict(loaded.vocabulary),
         metrics=replace(metrics, plots=None),
     )
