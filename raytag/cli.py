@@ -102,6 +102,7 @@ def evaluate_command(
     --model (every patch of each track) or taken from a tagging run's --predictions (the
     patches its --max-patches chose)."""
     from raytag.evaluate import evaluate_model, evaluate_predictions, write_metrics
+    from raytag.evaluate.metrics import MACRO_DECISION_KEYS
     from raytag.models.inference import keep_freed_memory
     from raytag.registry import load
 
@@ -116,14 +117,132 @@ def evaluate_command(
             loaded, manifest, split=split, plots_dir=plots_dir, batch_size=batch_size
         )
     write_metrics(metrics, output)
-    summary = {
-        "macro_roc_auc": metrics.macro_roc_auc,
-        "macro_pr_auc": metrics.macro_pr_auc,
-        "n_tracks": metrics.n_tracks,
-        "errors": len(metrics.errors),
-        "output": output,
-    }
+    summary = {"macro_roc_auc": metrics.macro_roc_auc, "macro_pr_auc": metrics.macro_pr_auc}
+    if metrics.at_thresholds:  # the model's thresholds: what its tags are worth
+        summary |= {key: getattr(metrics, key) for key in MACRO_DECISION_KEYS}
+    summary |= {"n_tracks": metrics.n_tracks, "errors": len(metrics.errors), "output": output}
     click.echo(json.dumps(summary))
+
+
+@main.command("calibrate")
+@click.option(
+    "--model",
+    "model_uri",
+    required=True,
+    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., folder.",
+)
+@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@click.option("--split", default="valid", show_default=True, help="The split to calibrate on.")
+@click.option(
+    "--rule",
+    default="max_f1",
+    show_default=True,
+    help="max_f1 (each tag's best F1) or precision (the most recall at --target-precision).",
+)
+@click.option("--target-precision", type=float, default=None, help="For --rule precision.")
+@click.option(
+    "--register",
+    "registered_model",
+    default=None,
+    help="Register the calibrated model as a new version of this name (default: NAME of a "
+    "models:/NAME... --model).",
+)
+@click.option("--alias", default=None, help="Alias for the new version, e.g. challenger.")
+@click.option("--experiment", default="raytag", show_default=True, help="MLflow experiment.")
+@click.option("--batch-size", default=64, show_default=True, help="Patches per forward pass.")
+@click.option("--device", default="cpu", show_default=True)
+def calibrate_command(
+    model_uri: str, manifest: str, split: str, rule: str, target_precision: float | None,
+    registered_model: str | None, alias: str | None, experiment: str, batch_size: int,
+    device: str,
+) -> None:  # fmt: skip
+    """Choose each tag's decision threshold on a labelled split and register the model with
+    them as a new version (MLflow from MLFLOW_TRACKING_URI); print the thresholds."""
+    from mlflow.exceptions import MlflowException
+
+    from raytag.evaluate import calibrate_model
+    from raytag.models.inference import keep_freed_memory
+
+    keep_freed_memory()  # the forward passes run here, not in Ray's model actors
+    try:
+        done = calibrate_model(
+            model_uri, manifest, split=split, rule=rule, target_precision=target_precision,
+            registered_model=registered_model, alias=alias, experiment=experiment,
+            device=device, batch_size=batch_size,
+        )  # fmt: skip
+    except (ValueError, MlflowException) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(done.calibration.format_table())
+    aliased = f" (@{alias})" if alias else ""
+    click.echo(f"registered {done.name} version {done.version}{aliased}: {done.model_uri}")
+
+
+@main.command(
+    "compare", cls=SettingsCommand, settings="raytag.tagging:TagOptions", before="ray_address"
+)
+@click.option(
+    "--baseline",
+    "baseline_uri",
+    required=True,
+    help="The model serving now: models:/NAME@champion, models:/NAME/VERSION, runs:/..., folder.",
+)
+@click.option(
+    "--candidate",
+    "candidate_uri",
+    required=True,
+    help="The model that would replace it, e.g. models:/NAME@challenger or models:/NAME/VERSION.",
+)
+@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@click.option("--split", default=None, help="Only this split (e.g. test); default: every row.")
+@click.option(
+    "--output",
+    default=None,
+    help="Keep both models' tagging outputs here (local or s3://), one folder per manifest "
+    "and split; a rerun reuses them. Default: a temporary folder, which the nodes of a "
+    "multi-node cluster cannot share.",
+)
+@click.option("--resamples", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--experiment", default="raytag-compare", show_default=True, help="MLflow experiment."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the comparison record here.",
+)
+@ray_address_option
+def compare_command(
+    baseline_uri: str, candidate_uri: str, manifest: str, split: str | None, output: str | None,
+    resamples: int, seed: int, experiment: str, json_path: str | None, ray_address: str | None,
+    **settings: Any,
+) -> None:  # fmt: skip
+    """Score two models on the same labelled tracks (each decoded once), their per-tag and
+    macro ROC-AUC / PR-AUC differences with paired bootstrap 95% intervals, how often their
+    decided tags agree, and a verdict (worse: the macro ROC-AUC difference's interval lies
+    below 0; better: above; else inconclusive); logged to MLflow as a comparison run."""
+    from pathlib import Path
+
+    from raytag.evaluate.compare import compare_models, format_comparison
+    from raytag.tagging import IncompleteRunError, TagError, TagOptions
+
+    try:
+        options = build(TagOptions, settings)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    join(ray_address)
+    try:
+        comparison = compare_models(
+            baseline_uri, candidate_uri, manifest, split=split, output=output, options=options,
+            resamples=resamples, seed=seed, experiment=experiment,
+        )  # fmt: skip
+    except (ValueError, TagError, IncompleteRunError) as error:  # ManifestError is a ValueError
+        raise click.ClickException(str(error)) from error
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    click.echo(format_comparison(comparison))
 
 
 @main.group("registry")
@@ -156,15 +275,72 @@ def registry_alias_command(name: str, version: int, alias: str) -> None:
     click.echo(f"models:/{name}@{alias} -> version {version}")
 
 
+@registry_group.command("promote")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--alias", default="champion", show_default=True, help="The alias to move.")
+@click.option(
+    "--force", is_flag=True, help="Promote even without a comparison, or when it says worse."
+)
+@click.option(
+    "--manifest",
+    default=None,
+    help="First compare VERSION with the alias's holder on this labelled manifest, as "
+    "raytag compare does (on Ray).",
+)
+@click.option("--split", default=None, help="With --manifest: only this split (e.g. test).")
+@click.option("--output", default=None, help="With --manifest: as raytag compare --output.")
+@ray_address_option
+def registry_promote_command(
+    name: str, version: int, alias: str, force: bool, manifest: str | None, split: str | None,
+    output: str | None, ray_address: str | None,
+) -> None:  # fmt: skip
+    """Point models:/NAME@ALIAS at VERSION, unless its comparison with the version holding
+    the alias (raytag compare, or --manifest) says it is worse, or there is none: --force
+    overrides. An alias nobody holds needs no comparison."""
+    from mlflow.exceptions import MlflowException
+
+    from raytag.promotion import PromotionRefused, alias_holder, promote
+
+    if manifest is None and (split or output):
+        raise click.UsageError("--split and --output go with --manifest")
+    try:
+        holder = alias_holder(name, alias)
+        if manifest is not None and holder not in (None, str(version)):
+            from raytag.evaluate.compare import compare_models, format_comparison
+            from raytag.tagging import IncompleteRunError, TagError
+
+            join(ray_address)
+            try:
+                comparison = compare_models(
+                    f"models:/{name}/{holder}", f"models:/{name}/{version}", manifest,
+                    split=split, output=output,
+                )  # fmt: skip
+            except (ValueError, TagError, IncompleteRunError) as error:
+                raise click.ClickException(str(error)) from error
+            click.echo(format_comparison(comparison))
+        promotion = promote(name, version, alias, force=force)
+    except (PromotionRefused, MlflowException) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(promotion.line())
+
+
+# The model card's tags `registry list` prints (raytag.model_card.CARD_TAGS).
+CARD_COLUMNS = ("arch", "n_tags", "test_macro_roc_auc", "calibrated")
+
+
 @registry_group.command("list")
 @click.argument("name", required=False)
 def registry_list_command(name: str | None) -> None:
-    """Registered versions, newest first, with their aliases."""
+    """Registered versions, newest first: name, version, aliases, run, then from the model
+    card arch, number of tags, test macro ROC-AUC, calibrated (- when unknown)."""
     from raytag.registry import list_versions
 
     for row in list_versions(name):
         aliases = ",".join(row["aliases"]) or "-"
-        click.echo(f"{row['name']}\t{row['version']}\t{aliases}\t{row['run_id'] or '-'}")
+        card = [row["tags"].get(key, "-") for key in CARD_COLUMNS]
+        fields = [row["name"], str(row["version"]), aliases, row["run_id"] or "-", *card]
+        click.echo("\t".join(fields))
 
 
 # -- the labelled demo catalogue (raytag.catalogue) ------------------------------------
@@ -303,7 +479,8 @@ def tag_command(
 )
 @ray_address_option
 def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
-    """Check a tagging run: every manifest row in exactly one output row of each model
+    """Check a tagging run: every manifest row in exactly one output row of each model,
+    and each prediction row's tags those its scores and the folder's thresholds.json give
     (exit 1 if not)."""
     from raytag.manifest import ManifestError
     from raytag.tagging import verify

@@ -13,7 +13,8 @@ without unpickling anything. The logged MLflow model looks like::
     requirements.txt, python_env.yaml, conda.yaml
 
 Registry stages are deprecated in MLflow 3: versions are promoted with aliases
-(``models:/NAME@champion``).
+(``models:/NAME@champion``), through the gate of :mod:`raytag.promotion`. Every version
+:func:`log_model` registers gets its model card (:mod:`raytag.model_card`).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def log_model(
     alias: str | None = None,
 ) -> ModelInfo:
     """Log a model (loaded, or a local model folder) into the active run, optionally as a new
-    version of ``registered_model_name`` with ``alias`` on it. Without an active run MLflow 3
-    logs the model on its own, and ``runs:/`` URIs cannot reach it.
+    version of ``registered_model_name``, with its model card (:func:`describe_version`, from
+    the folder and the active run's params and metrics: log a run's evaluation before its
+    model) and ``alias`` on it. Without an active run MLflow 3 logs the model on its own,
+    and ``runs:/`` URIs cannot reach it.
 
     ``info.registered_model_version`` is the new version; ``info.model_uri`` loads it.
     """
@@ -142,6 +145,12 @@ def log_model(
                 },
                 registered_model_name=registered_model_name,
             )
+    if registered_model_name is not None:
+        from raytag.model_card import describe_version  # it reads this module's run tags
+
+        active = mlflow.active_run()
+        run_id = active.info.run_id if active else None
+        describe_version(registered_model_name, info.registered_model_version, meta, run_id)
     if alias is not None:
         set_alias(registered_model_name, info.registered_model_version, alias)
     return info
@@ -175,14 +184,15 @@ def load(uri: str | Path, device: str = "cpu") -> LoadedModel:
         with tempfile.TemporaryDirectory(prefix="raytag-load-") as tmp:
             root = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
             loaded = load_model(_model_folder(Path(root)), device)
-    registered = _registered_version(uri)
+    registered = registered_version(uri)
     if registered is not None:
         loaded = replace(loaded, name=registered[0], version=registered[1])
     return loaded
 
 
 def list_versions(name: str | None = None) -> list[dict[str, Any]]:
-    """Registered versions (of one model, or all), newest first, with their aliases."""
+    """Registered versions (of one model, or all), newest first, with their aliases and
+    version tags (the model card's :data:`CARD_TAGS`, comparisons, promotions)."""
     client = MlflowClient()
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
@@ -197,6 +207,7 @@ def list_versions(name: str | None = None) -> list[dict[str, Any]]:
                     "aliases": sorted(a for a, v in aliases.items() if str(v) == mv.version),
                     "run_id": mv.run_id,
                     "source": mv.source,
+                    "tags": dict(mv.tags),
                 }
             )
     return sorted(rows, key=lambda row: (row["name"], -row["version"]))
@@ -225,11 +236,13 @@ def log_run_evaluation(
     metrics: Mapping[str, Any], plots: Iterable[str | Path] = (), *, prefix: str = "test"
 ) -> None:
     """Log an evaluation (raytag.evaluate) into the active run: macro and per-tag AUCs as
-    metrics (``test_macro_roc_auc``, ``test_roc_auc/piano``...), the full JSON and the plots
-    as artifacts under ``evaluation/<prefix>/``. Tags without a score are left out."""
+    metrics (``test_macro_roc_auc``, ``test_roc_auc/piano``..., ``test_n_tracks``), the full
+    JSON and the plots as artifacts under ``evaluation/<prefix>/``. Tags without a score are
+    left out."""
     values = {
         f"{prefix}_macro_roc_auc": metrics.get("macro_roc_auc"),
         f"{prefix}_macro_pr_auc": metrics.get("macro_pr_auc"),
+        f"{prefix}_n_tracks": metrics.get("n_tracks"),
     }
     for row in metrics.get("per_tag", []):
         tag = metric_safe(row["tag"])
@@ -266,8 +279,9 @@ def _model_folder(root: Path) -> Path:
     raise FileNotFoundError(f"no raytag model in {root} (expected {META_FILE})")
 
 
-def _registered_version(uri: str) -> tuple[str, str] | None:
-    """(name, version) behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+def registered_version(uri: str) -> tuple[str, str] | None:
+    """(name, version) behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; None for
+    any other URI."""
     if not uri.startswith("models:/"):
         return None
     parts = uri.removeprefix("models:/").strip("/").split("/")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
-from raytag import registry
+from raytag import promotion, registry
 from raytag.checkpoint import LoadedModel, load_model, save_model
 from raytag.cli import main
 from raytag.config import AudioConfig
@@ -218,3 +218,159 @@ def test_artifacts_proxied_to_s3(
     _same_outputs(registry.load(f"models:/{name}@champion"), loaded)
     stored = storage.find(f"{bucket}/artifacts")
     assert any(path.endswith("artifacts/raytag/model.safetensors") for path in stored)
+
+
+# -- model cards and the promotion gate --------------------------------------------------
+
+TRAINING_MANIFEST = "s3://catalogue/labelled.parquet"
+
+
+def _log_training_run(metrics) -> None:
+    """What raytag.train logs before the model: the Ray Train run name, the config, the
+    test split's evaluation."""
+    mlflow.set_tag(registry.RUN_NAME_TAG, "fit-cards")
+    registry.log_config(
+        {"manifest": TRAINING_MANIFEST, "model": "spectrogram-small", "epochs": 4,
+         "init_from": None, "freeze_encoder": False}
+    )  # fmt: skip
+    registry.log_run_evaluation(metrics.to_dict())
+
+
+def test_every_registered_version_has_a_model_card(mlflow_env: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from raytag.thresholds import Thresholds
+
+    name = f"tagger-{uuid.uuid4().hex[:8]}"
+    _trained_like(6, tmp_path / "model")
+    y_true = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    y_score = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.1], [0.7, 0.6, 0.2], [0.1, 0.3, 0.4]])
+    metrics = compute_metrics(y_true, y_score, VOCABULARY)
+    with mlflow.start_run(experiment_id=_experiment(), run_name="fit-cards") as run:
+        _log_training_run(metrics)
+        registry.log_model(tmp_path / "model", registered_model_name=name)
+    # A calibrated copy, as `raytag calibrate` registers one: its weights are version 1's.
+    policy = {"rule": "max_f1", "split": "valid", "manifest": TRAINING_MANIFEST, "n_tracks": 40,
+              "fallback": {"no_positives": ["r&b vocals"], "no_negatives": []}}  # fmt: skip
+    calibrated = replace(
+        registry.load(f"models:/{name}/1"), thresholds=Thresholds((0.4, 0.55, 0.9), policy)
+    )
+    with mlflow.start_run(experiment_id=_experiment(), run_name="calibrate"):
+        mlflow.log_metrics({"valid_macro_precision": 0.5, "valid_macro_recall": 0.75,
+                            "valid_macro_f1": 0.6})  # fmt: skip
+        registry.log_model(calibrated, registered_model_name=name)
+    registry.register_folder(tmp_path / "model", name)  # made elsewhere, like an import
+
+    client = MlflowClient()
+    trained, copy, imported = (client.get_model_version(name, str(v)) for v in (1, 2, 3))
+    roc, pr = f"{metrics.macro_roc_auc:.4f}", f"{metrics.macro_pr_auc:.4f}"
+    assert trained.tags == {
+        "arch": "spectrogram", "n_tags": "3", "calibrated": "no",
+        "training_manifest": TRAINING_MANIFEST, "test_macro_roc_auc": roc,
+        "test_macro_pr_auc": pr,
+    }  # fmt: skip
+    card = trained.description
+    assert card.startswith(f"# {name} version 1\n")
+    for text in (
+        "A `spectrogram` tagger of 3 tags: piano, drums, r&b vocals.",
+        f"**Trained on.** `{TRAINING_MANIFEST}`",
+        "preset `spectrogram-small`, at most 4 epochs",
+        f"On the test split of `{TRAINING_MANIFEST}` over 4 tracks: macro ROC-AUC "
+        f"{metrics.macro_roc_auc:.3f}",
+        f"| piano | {metrics.per_tag[0].roc_auc:.3f} | {metrics.per_tag[0].pr_auc:.3f} |",
+        "| r&b vocals | n/a | n/a |",
+        "**Thresholds.** None",
+        "**Known limits.**",
+        f"[fit-cards](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})",
+    ):
+        assert text in card, text
+
+    assert copy.tags == {**trained.tags, "calibrated": "yes"}  # the same weights' figures
+    for text in (
+        f"The weights of `{name}` version 1, trained on `{TRAINING_MANIFEST}`",
+        f"Measured on `{name}` version 1, the same weights.",
+        "One per tag, 0.400 to 0.900 (median 0.550)",
+        "rule `max_f1`; split `valid`",
+        "At them on the `valid` split: macro precision 0.500, recall 0.750, f1 0.600.",
+        "Tags whose threshold is a fallback, not calibrated: r&b vocals.",
+    ):
+        assert text in copy.description, text
+
+    assert imported.tags == {"arch": "spectrogram", "n_tags": "3", "calibrated": "no"}
+    assert "**Trained on.** Not recorded" in imported.description
+    assert "**Evaluation.** Not evaluated when registered" in imported.description
+
+    found = client.search_model_versions(f"name = '{name}' and tags.calibrated = 'yes'")
+    assert [mv.version for mv in found] == ["2"]  # what a reviewer filters on
+    listed = CliRunner().invoke(main, ["registry", "list", name])
+    lines = [line.split("\t") for line in listed.output.splitlines()]
+    assert [line[4:] for line in lines] == [
+        ["spectrogram", "3", "-", "no"], ["spectrogram", "3", roc, "yes"],
+        ["spectrogram", "3", roc, "no"],
+    ]  # fmt: skip
+
+
+def test_promotion_gate(mlflow_env: str, tmp_path: Path) -> None:
+    name = f"tagger-{uuid.uuid4().hex[:8]}"
+    _trained_like(7, tmp_path / "model")
+    for _ in range(3):
+        registry.register_folder(tmp_path / "model", name)
+    assert promotion.promote(name, 1).line() == (
+        f"models:/{name}@champion -> version 1 (was no version; no comparison needed)"
+    )
+    with mlflow.start_run(experiment_id=_experiment()) as worse_run:
+        pass
+    promotion.record_comparison(name, 2, run_id=worse_run.info.run_id, baseline=f"{name}/1",
+                               verdict="worse")  # fmt: skip
+    with pytest.raises(promotion.PromotionRefused, match="is worse than version 1"):
+        promotion.promote(name, 2)
+    # Version 3's comparison is with another version than the holder: it does not count.
+    promotion.record_comparison(name, 3, run_id=worse_run.info.run_id, baseline=f"{name}/2",
+                               verdict="better")  # fmt: skip
+    with pytest.raises(promotion.PromotionRefused, match=f"its latest is with {name}/2"):
+        promotion.promote(name, 3)
+    assert promotion.alias_holder(name, "champion") == "1"
+
+    staging = promotion.promote(name, 3, "staging")  # an alias nobody holds
+    assert (staging.replaced, staging.forced) == (None, False)
+    forced = promotion.promote(name, 3, force=True)  # no comparison with the holder: forced
+    assert (forced.replaced, forced.comparison_run_id, forced.forced) == ("1", None, True)
+    tags = MlflowClient().get_model_version(name, "3").tags
+    assert (tags["raytag.promotion.alias"], tags["raytag.promotion.forced"]) == ("champion", "yes")
+    assert promotion.promote(name, 3).line() == (
+        f"models:/{name}@champion already points at version 3"
+    )
+
+    missing = CliRunner().invoke(main, ["registry", "promote", name, "9"])
+    assert missing.exit_code == 1 and "Error:" in missing.output
+
+
+@pytest.mark.slow  # starts Chromium
+def test_model_card_in_the_mlflow_ui(
+    mlflow_env: str, mlflow_server: MLflowServer, tmp_path: Path
+) -> None:
+    """The version page of the real MLflow UI, in headless Chromium: the card renders as
+    the description and the tags are listed. The screenshot is kept under tmp_path."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import headless_chromium, screenshot
+
+    name = f"tagger-{uuid.uuid4().hex[:8]}"
+    _trained_like(8, tmp_path / "model")
+    metrics = compute_metrics(np.array([[1, 0, 0], [0, 1, 1]]), np.eye(2, 3), VOCABULARY)
+    with mlflow.start_run(experiment_id=_experiment(), run_name="fit-cards"):
+        _log_training_run(metrics)
+        registry.log_model(tmp_path / "model", registered_model_name=name)
+
+    # Tall enough that the description and the tags below it are both in the window.
+    with headless_chromium(height=2400) as browser:
+        browser.get(f"{mlflow_server.uri}/#/models/{name}/versions/1")
+        body = browser.find_element(By.TAG_NAME, "body")
+        WebDriverWait(browser, 60).until(lambda _: "Known limits" in body.text)
+        text = body.text
+        shot = screenshot(browser, tmp_path / "model-version.png", full_page=False)
+    for shown in (f"{name} version 1", "A spectrogram tagger of 3 tags", TRAINING_MANIFEST,
+                  "Known limits", "test_macro_roc_auc", "training_manifest"):  # fmt: skip
+        assert shown in text, shown
+    assert shot.stat().st_size > 10_000
