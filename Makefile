@@ -7,7 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
-	opl3-soundfont singularity-music asc-music
+	opl3-soundfont singularity-music asc-music chromium chromium-driver
 PY_DIRS := $(wildcard raytag jobs tests bench tools)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -22,6 +22,7 @@ musicnn-wheel: $(VENV)/.installed
 
 # ffmpeg: decoding (torchcodec loads its libraries); fluidsynth + soundfonts: the labelled
 # demo catalogue; singularity-music, asc-music: real, openly licensed music for tests and demo.
+# chromium, chromium-driver: the headless browser the tests open HTML pages in (tests/browser.py).
 system-packages:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
 		echo "installing system packages: $(APT_PACKAGES)"; \

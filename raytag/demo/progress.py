@@ -4,17 +4,32 @@ and a periodic status for steps that report nothing themselves."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from raytag.demo.report import format_duration
 
 
-def say_on_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def printer(stream: TextIO) -> Callable[[str], None]:
+    """A progress sink writing lines to ``stream``: this one, even after ``sys.stderr`` has
+    been pointed elsewhere (the demo points it at its log)."""
+
+    def say(message: str) -> None:
+        print(message, file=stream, flush=True)
+
+    return say
+
+
+def both(*sinks: Callable[[str], None]) -> Callable[[str], None]:
+    """One progress sink that says each line to all of ``sinks``."""
+
+    def say(message: str) -> None:
+        for sink in sinks:
+            sink(message)
+
+    return say
 
 
 class Clock:

@@ -18,6 +18,7 @@ class Timings:
     catalogue: float
     mlflow_start: float
     training: float
+    pretrained: float  # importing musicnn, or finding it imported
     tagging: float
     total: float
 
@@ -97,9 +98,49 @@ class Throughput:
 
 
 @dataclass(frozen=True)
+class PretrainedRecord:
+    """The pretrained tagger the real music is also tagged with (musicnn's MTT model),
+    imported into the demo's MLflow by this run or an earlier one."""
+
+    name: str
+    version: str
+    uri: str  # models:/NAME@ALIAS
+    reused: bool  # imported by an earlier demo
+    model_url: str
+
+
+@dataclass(frozen=True)
+class TaggerRecord:
+    """A model of the tagging run, and the thresholds its ``tags`` were decided at (its
+    folder's thresholds.json)."""
+
+    name: str
+    version: str
+    uri: str
+    output: str  # its folder of the tagging output
+    thresholds: str  # where they came from: "model", "file", or "none" (no tags decided)
+    policy: dict[str, Any] | None  # how they were chosen, as the model stores it
+    exactly_once: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+@dataclass(frozen=True)
 class TagScore:
     tag: str
     score: float
+
+
+@dataclass(frozen=True)
+class ModelTags:
+    """One model's view of one track."""
+
+    model: str  # TaggerRecord.label
+    n_patches: int
+    decided: tuple[TagScore, ...] | None  # at its thresholds, highest first; None: it has none
+    top: tuple[TagScore, ...]  # its highest scores
 
 
 @dataclass(frozen=True)
@@ -107,13 +148,13 @@ class RealTrack:
     track_id: str
     uri: str
     duration_s: float
-    n_patches: int
-    top_tags: tuple[TagScore, ...]
+    by_model: tuple[ModelTags, ...]  # in the order of TaggingRecord.models
 
 
 @dataclass(frozen=True)
 class TaggingRecord:
-    """The tagging run: its inputs, outputs, counts (from its ``_run.json``) and speed."""
+    """The tagging run: its inputs; the champion's outputs, counts (from its ``_run.json``)
+    and speed; every model of the run; the real tracks as each model tags them."""
 
     manifest: str
     inputs: TagInputs
@@ -126,8 +167,37 @@ class TaggingRecord:
     resumed: bool
     tagged_this_run: int
     throughput: Throughput
+    models: tuple[TaggerRecord, ...]  # the champion first
     real_tracks: tuple[RealTrack, ...]
     max_patches: int
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    """One figure of the candidate against the baseline on the same tracks."""
+
+    metric: str  # e.g. "macro ROC-AUC"
+    baseline: float | None
+    candidate: float | None
+    delta: float | None  # candidate - baseline
+    ci_low: float | None = None  # confidence interval of the delta
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    """The champion against the previous champion on the same test tracks (``raytag
+    compare``); the report has one when there was a previous champion."""
+
+    baseline: str  # e.g. "raytag-demo v1"
+    candidate: str
+    n_tracks: int
+    changes: tuple[MetricChange, ...]
+    agreement: float | None  # share of (track, tag) decisions the two models agree on
+    verdict: str  # the promotion rule's outcome, as a sentence
+    confidence_level: float = 0.95  # of the deltas' intervals
+    run_url: str | None = None  # the comparison's MLflow run
+    plots: tuple[str, ...] = ()  # its PNGs
 
 
 @dataclass(frozen=True)
@@ -139,12 +209,16 @@ class DemoReport:
     mlflow: MLflowRecord
     ray: RayRecord
     model: ModelRecord
+    pretrained: PretrainedRecord | None  # None: musicnn's wheel was not at hand
     tagging: TaggingRecord
+    log_path: str  # Ray's, Ray Data's and MLflow's output
     report_path: str  # where report.json is
+    html_path: str  # where report.html is
+    comparison: ComparisonRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """report.json: every field but ``report_path``."""
-        return {
+        """report.json: every field but the report's own paths; ``comparison`` when set."""
+        record = {
             "workdir": self.workdir,
             "settings": asdict(self.settings),
             "timings_s": asdict(self.timings_s),
@@ -152,15 +226,20 @@ class DemoReport:
             "mlflow": self.mlflow.to_dict(),
             "ray": asdict(self.ray),
             "model": self.model.to_dict(),
+            "pretrained": None if self.pretrained is None else asdict(self.pretrained),
             "tagging": asdict(self.tagging),
+            "log": self.log_path,
         }
+        if self.comparison is not None:
+            record["comparison"] = asdict(self.comparison)
+        return record
 
 
 def format_report(report: DemoReport) -> str:
     """The report as a newcomer reads it: quality, real tracks, counts, speed, where things are."""
     model, tagging, catalogue = report.model, report.tagging, report.catalogue
-    metrics = model.metrics
     timings = report.timings_s
+    steps = {k: v for k, v in asdict(timings).items() if k != "total"}
     lines = [
         f"raytag demo: done in {format_duration(timings.total)}",
         "",
@@ -171,57 +250,156 @@ def format_report(report: DemoReport) -> str:
         f"({model.arch}, {_plural(model.epochs, 'epoch')}, "
         f"{'reused: same settings and catalogue' if model.reused else 'trained now'})",
         "",
-        f"Held-out test split ({metrics.n_tracks} tracks): macro ROC-AUC "
-        f"{fmt(metrics.macro_roc_auc)}, macro PR-AUC {fmt(metrics.macro_pr_auc)} "
-        f"({metrics.n_tags_scored} of {metrics.n_tags} tags scored)",
-        f"  {'tag':<22}{'ROC-AUC':>8}{'PR-AUC':>8}{'positives':>11}",
-    ]
-    for row in metrics.per_tag:
-        lines.append(
-            f"  {row.tag:<22}{fmt(row.roc_auc):>8}{fmt(row.pr_auc):>8}"
-            f"{row.n_positive:>11}" + (f"  ({row.reason})" if row.reason else "")
-        )
-    lines += ["", f"Real music, top tags (at most {tagging.max_patches} patches per track)"]
-    for track in tagging.real_tracks:
-        tags = ", ".join(f"{t.tag} {t.score:.2f}" for t in track.top_tags[:4])
-        name = track.track_id.removeprefix("real/")
-        lines.append(f"  {name:<34} {format_duration(track.duration_s):>6}  {tags}")
-    if not tagging.real_tracks:
-        lines.append("  none found (make setup installs singularity-music)")
-    counts, speed = tagging.counts, tagging.throughput
-    fresh = tagging.tagged_this_run > 0
-    by_code = ", ".join(f"{code} {n}" for code, n in counts["errors_by_code"].items()) or "none"
-    lines += [
+        *_quality_lines(model.metrics),
+        *_comparison_lines(report.comparison),
         "",
-        f"Tagging    {counts['manifest_rows']} manifest rows = {counts['predictions']} "
-        f"predictions + {counts['errors']} errors ({by_code}); "
-        f"{'every row exactly once' if tagging.exactly_once else 'INCOMPLETE'}",
-        f"           {fmt(speed.tracks_per_s, 2)} tracks/s, "
-        f"{fmt(speed.audio_hours_per_hour, 1)} audio hours per hour on "
-        f"{_int(speed.cluster.get('CPU'))} CPUs "
-        f"({speed.predictions} + {speed.errors} rows in {fmt(speed.wall_s, 1)} s"
-        + ("; by an earlier run: this one found nothing left to tag)" if not fresh else ")"),
+        *_real_music_lines(tagging),
         "",
-        "Where things are",
-        f"  predictions   {tagging.predictions}/*.parquet",
-        f"  errors        {tagging.errors}/*.parquet",
-        f"  run summary   {tagging.run_file}",
-        f"  plots         {model.plots}/*.png",
-        f"  report        {report.report_path}",
-        f"  MLflow run    {model.run_url}",
-        f"  model         {model.model_url}",
-    ]
-    server = report.mlflow
-    if server.running:
-        lines += [f"  MLflow UI     open {server.uri} (running; stop: {server.stop})"]
-    else:
-        lines += [f"  MLflow UI     stopped; to browse: {server.restart}"]
-    steps = {k: v for k, v in asdict(timings).items() if k != "total"}
-    lines += [
+        *_tagging_lines(tagging),
+        "",
+        *_where_lines(report),
         "",
         "Timings    " + ", ".join(f"{k} {format_duration(v)}" for k, v in steps.items()),
     ]
     return "\n".join(lines)
+
+
+# What a model's tags were decided at, by thresholds.json's "source".
+THRESHOLDS_SOURCES = {
+    "model": "at the thresholds stored with it",
+    "file": "at thresholds from a file",
+    "none": "no thresholds stored: top scores only",
+}
+# Per-tag columns of the terminal table: (field of TagMetrics, heading, width).
+_AUC_COLUMNS = (("roc_auc", "ROC-AUC", 8), ("pr_auc", "PR-AUC", 8))
+_DECISION_COLUMNS = (("threshold", "thresh", 8), ("precision", "prec", 7),
+                     ("recall", "recall", 7), ("f1", "F1", 7))  # fmt: skip
+
+
+def _quality_lines(metrics: Evaluation) -> list[str]:
+    """The test split's macro figures and one line per tag; the figures at the stored
+    thresholds when the evaluation has them."""
+    columns = _AUC_COLUMNS + (_DECISION_COLUMNS if metrics.at_thresholds else ())
+    lines = [
+        f"Held-out test split ({metrics.n_tracks} tracks): macro ROC-AUC "
+        f"{fmt(metrics.macro_roc_auc)}, macro PR-AUC {fmt(metrics.macro_pr_auc)} "
+        f"({metrics.n_tags_scored} of {metrics.n_tags} tags scored)"
+    ]
+    if metrics.at_thresholds:
+        lines.append(
+            f"  at the stored thresholds: macro precision {fmt(metrics.macro_precision)}, "
+            f"recall {fmt(metrics.macro_recall)}, F1 {fmt(metrics.macro_f1)}"
+        )
+    heading = "".join(f"{label:>{width}}" for _, label, width in columns)
+    lines.append(f"  {'tag':<20}{'pos':>5}{heading}")
+    for row in metrics.per_tag:
+        figures = "".join(f"{fmt(getattr(row, key)):>{width}}" for key, _, width in columns)
+        reason = f"  ({row.reason})" if row.reason else ""
+        lines.append(f"  {row.tag:<20}{row.n_positive:>5}{figures}{reason}")
+    return lines
+
+
+def _comparison_lines(comparison: ComparisonRecord | None) -> list[str]:
+    if comparison is None:
+        return []
+    lines = [
+        "",
+        f"Against the previous champion ({comparison.baseline} -> {comparison.candidate}, "
+        f"{comparison.n_tracks} test tracks)",
+    ]
+    for change in comparison.changes:
+        interval = ""
+        if change.ci_low is not None and change.ci_high is not None:
+            interval = (f" ({comparison.confidence_level:.0%} CI {change.ci_low:+.3f} .. "
+                        f"{change.ci_high:+.3f})")  # fmt: skip
+        delta = "n/a" if change.delta is None else f"{change.delta:+.3f}"
+        lines.append(f"  {change.metric:<16}{fmt(change.baseline)} -> "
+                     f"{fmt(change.candidate)}  {delta}{interval}")  # fmt: skip
+    if comparison.agreement is not None:
+        lines.append(f"  decided tags agree on {comparison.agreement:.1%} of track-tag pairs")
+    lines.append(f"  {comparison.verdict}")
+    return lines
+
+
+def _real_music_lines(tagging: TaggingRecord) -> list[str]:
+    lines = [f"Real music (at most {tagging.max_patches} patches per track): the tags each model "
+             "decides, highest score first"]  # fmt: skip
+    for tagger in tagging.models:
+        lines.append(f"  {tagger.label:<22}{tagger.uri}  ({thresholds_note(tagger)})")
+    if not tagging.real_tracks:
+        lines.append("  no real tracks found (make setup installs singularity-music)")
+    width = max((len(m.label) for m in tagging.models), default=0) + 2
+    for track in tagging.real_tracks:
+        lines.append(f"  {track.track_id.removeprefix('real/')}  "
+                     f"({format_duration(track.duration_s)})")  # fmt: skip
+        for tags in track.by_model:
+            lines.append(f"    {tags.model:<{width}}{_decided_and_top(tags)}")
+    return lines
+
+
+def thresholds_note(tagger: TaggerRecord) -> str:
+    """What a model's tags were decided at, with the rule and split the thresholds were
+    chosen by when its policy says."""
+    note = THRESHOLDS_SOURCES[tagger.thresholds]
+    policy = tagger.policy or {}
+    if policy.get("rule"):
+        split = f" on the {policy['split']} split" if policy.get("split") else ""
+        note += f": {policy['rule']}{split}"
+    return note
+
+
+def _decided_and_top(tags: ModelTags, shown: int = 4) -> str:
+    """The decided tags with their scores (the ``shown`` highest, and how many more); the
+    top scores for a model without thresholds, or when it decides none."""
+    if tags.decided is None:
+        return f"top: {_listed(tags.top[:3])}"
+    if not tags.decided:
+        return f"tags: none above its thresholds; top: {_listed(tags.top[:3])}"
+    more = len(tags.decided) - shown
+    return f"tags: {_listed(tags.decided[:shown])}" + (f" (+{more} more)" if more > 0 else "")
+
+
+def _listed(scores: tuple[TagScore, ...]) -> str:
+    return ", ".join(f"{t.tag} {t.score:.2f}" for t in scores)
+
+
+def _tagging_lines(tagging: TaggingRecord) -> list[str]:
+    counts, speed = tagging.counts, tagging.throughput
+    by_code = ", ".join(f"{code} {n}" for code, n in counts["errors_by_code"].items()) or "none"
+    complete = all(m.exactly_once for m in tagging.models) and tagging.exactly_once
+    earlier = "; by an earlier run: this one found nothing left to tag"
+    return [
+        f"Tagging    {counts['manifest_rows']} manifest rows = {counts['predictions']} "
+        f"predictions + {counts['errors']} errors ({by_code}),",
+        f"           for each of {_plural(len(tagging.models), 'model')}, each track decoded "
+        f"once: {'every row exactly once' if complete else 'INCOMPLETE'}",
+        f"           {fmt(speed.tracks_per_s, 2)} tracks/s, "
+        f"{fmt(speed.audio_hours_per_hour, 1)} audio hours per hour on "
+        f"{_int(speed.cluster.get('CPU'))} CPUs "
+        f"({speed.predictions} + {speed.errors} rows in {fmt(speed.wall_s, 1)} s"
+        f"{'' if tagging.tagged_this_run else earlier})",
+    ]
+
+
+def _where_lines(report: DemoReport) -> list[str]:
+    model, tagging, server = report.model, report.tagging, report.mlflow
+    lines = [
+        "Where things are",
+        f"  report        {report.html_path} (open in a browser; also {report.report_path})",
+        f"  predictions   {tagging.predictions}/*.parquet",
+        f"  errors        {tagging.errors}/*.parquet",
+        f"  run summary   {tagging.run_file}",
+        *(f"  {m.name:<13} {m.output}" for m in tagging.models[1:]),
+        f"  plots         {model.plots}/*.png",
+        f"  logs          {report.log_path} (Ray, Ray Data, MLflow)",
+        f"  MLflow run    {model.run_url}",
+        f"  model         {model.model_url}",
+    ]
+    if server.running:
+        lines.append(f"  MLflow UI     open {server.uri} (running; stop: {server.stop})")
+    else:
+        lines.append(f"  MLflow UI     stopped; to browse: {server.restart}")
+    return lines
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -1,11 +1,12 @@
-"""The demo's steps in order: MLflow and Ray up, the catalogue, the champion, tagging, the
-report."""
+"""The demo's steps in order: MLflow and Ray up, the catalogue, the champion, musicnn,
+tagging, the report."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from raytag.demo.champion import train_or_reuse
-from raytag.demo.progress import Clock, Ticker, say_on_stderr, since
+from raytag.demo.html import write_html
+from raytag.demo.logs import LOG_FILE, output_to_log
+from raytag.demo.pretrained import musicnn_or_reuse
+from raytag.demo.progress import Clock, Ticker, both, printer, since
 from raytag.demo.report import CatalogueRecord, DemoReport, MLflowRecord, RayRecord, Timings
 from raytag.demo.settings import DemoSettings
 from raytag.demo.tag import tag
@@ -32,22 +36,55 @@ def run_demo(
     retrain: bool = False,
     mlflow_port: int | None = None,
     num_cpus: int | None = None,
-    progress: Callable[[str], None] = say_on_stderr,
+    progress: Callable[[str], None] | None = None,
 ) -> DemoReport:
-    """Run the demo under ``workdir``; returns the report (also written to report.json).
+    """Run the demo under ``workdir``; returns the report (also written to report.json and
+    report.html).
 
     ``settings`` None: DemoSettings' defaults. ``mlflow_port`` None: 5000 when free, else
     any free port. ``keep_mlflow`` leaves the server running after the demo (the report says
     how to open and stop it); a later run finds it again and uses it. ``num_cpus`` None: all
-    of this machine's CPUs for Ray.
+    of this machine's CPUs for Ray. ``progress`` receives the demo's own lines (None: this
+    process's standard error); everything else printed while the demo runs, the Ray
+    workers' output included, goes to ``workdir/demo.log`` (:mod:`raytag.demo.logs`),
+    which the first line names.
     """
     started = time.monotonic()
     settings = settings or DemoSettings()
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    say = Clock(progress, started)
-    timings: dict[str, float] = {}
+    log_path = workdir / LOG_FILE
+    Clock(progress or printer(sys.stderr), started)(
+        f"Ray's, Ray Data's and MLflow's output goes to {log_path}"
+    )
+    with output_to_log(log_path) as (log, terminal):
+        say = Clock(both(progress or printer(terminal), printer(log)), started)
+        try:
+            report = _run_steps(workdir, settings, say, started, log_path, bad_inputs=bad_inputs,
+                                keep_mlflow=keep_mlflow, retrain=retrain,
+                                mlflow_port=mlflow_port, num_cpus=num_cpus)  # fmt: skip
+        except BaseException:
+            say(f"failed; the log may say why: {log_path}")
+            raise
+    Path(report.report_path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    write_html(report, report.html_path)
+    return report
 
+
+def _run_steps(
+    workdir: Path,
+    settings: DemoSettings,
+    say: Clock,
+    started: float,
+    log_path: Path,
+    *,
+    bad_inputs: bool,
+    keep_mlflow: bool,
+    retrain: bool,
+    mlflow_port: int | None,
+    num_cpus: int | None,
+) -> DemoReport:
+    """The demo's steps, in order; its report."""
+    timings: dict[str, float] = {}
     port = mlflow_port or free_port(DEFAULT_MLFLOW_PORT)
     server = MLflowServer(workdir / "mlflow", port=port).launch()
     if not server.reused:
@@ -79,7 +116,11 @@ def run_demo(
             timings["training"] = since(t)
 
             t = time.monotonic()
-            tagging = tag(workdir, catalogue.manifest, model, settings.real_tracks,
+            pretrained = musicnn_or_reuse(say)
+            timings["pretrained"] = since(t)
+
+            t = time.monotonic()
+            tagging = tag(workdir, catalogue.manifest, model, pretrained, settings.real_tracks,
                           settings.max_patches, bad_inputs, say)  # fmt: skip
             timings["tagging"] = since(t)
     except BaseException:
@@ -93,7 +134,7 @@ def run_demo(
         say("stopping MLflow")
         server.stop()
         mlflow = MLflowRecord(**where, running=False, restart=server.restart_command())
-    report = DemoReport(
+    return DemoReport(
         workdir=str(workdir),
         settings=settings,
         timings_s=Timings(**timings, total=since(started)),
@@ -101,11 +142,12 @@ def run_demo(
         mlflow=mlflow,
         ray=RayRecord(cpus=cpus),
         model=model,
+        pretrained=pretrained,
         tagging=tagging,
+        log_path=str(log_path),
         report_path=str(workdir / "report.json"),
+        html_path=str(workdir / "report.html"),
     )
-    Path(report.report_path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    return report
 
 
 def _catalogue(workdir: Path, settings: DemoSettings, say: Clock) -> CatalogueRecord:
@@ -145,7 +187,7 @@ def _local_ray(num_cpus: int | None, say: Clock) -> Iterator[int]:
     cpus = num_cpus or os.cpu_count() or 1
     say(f"Ray: starting a local cluster ({cpus} CPUs, 127.0.0.1, no dashboard)")
     ray.init(
-        address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+        address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
         _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning",
     )  # fmt: skip
     try:
