@@ -2,11 +2,13 @@
 MLflow UI (what the model is, what it was trained on, its evaluation, thresholds, known
 limits and the run that made it) and version tags to sort and filter versions on
 (:data:`CARD_TAGS`). :func:`raytag.registry.log_model` writes it for every version it
-registers: trained, imported or calibrated.
+registers: trained, imported or calibrated. It sits below the registry and imports none
+of it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +17,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from raytag.registry import RUN_NAME_TAG, metric_safe
+# What the card reads from the MLflow run that logged a version, written by raytag.registry
+# and raytag.train: the Ray Train run name, and metric keys with tag names made safe.
+RUN_NAME_TAG = "raytag.run_name"
+
+
+def metric_safe(name: str) -> str:
+    """A tag name as MLflow accepts in metric keys (letters, digits, ``_-. /``)."""
+    return re.sub(r"[^\w\-. /]", "_", name)
+
 
 # The card's version tags, what a reviewer sorts and filters versions on (in a search,
 # `tags.arch = 'musicnn'`). Values are strings (AUCs with four decimals, which sort as text

@@ -19,7 +19,6 @@ Registry stages are deprecated in MLflow 3: versions are promoted with aliases
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import warnings
@@ -48,10 +47,10 @@ from raytag.checkpoint import (
     read_meta,
     save_model,
 )
+from raytag.model_card import RUN_NAME_TAG, describe_version, metric_safe
 from raytag.models.inference import predict_track
 from raytag.storage import is_local, local_path
 
-RUN_NAME_TAG = "raytag.run_name"  # the Ray Train run name, on the MLflow run that tracks it
 ARTIFACT_KEY = "raytag"  # the model folder inside the MLflow model: artifacts/raytag/
 _MODEL_CODE_FILE = "raytag_pyfunc.py"
 _MODEL_CODE = '''"""A raytag model as an MLflow pyfunc, logged from code: nothing is pickled."""
@@ -146,8 +145,6 @@ def log_model(
                 registered_model_name=registered_model_name,
             )
     if registered_model_name is not None:
-        from raytag.model_card import describe_version  # it reads this module's run tags
-
         active = mlflow.active_run()
         run_id = active.info.run_id if active else None
         describe_version(registered_model_name, info.registered_model_version, meta, run_id)
@@ -253,11 +250,6 @@ def log_run_evaluation(
     mlflow.log_dict(dict(metrics), f"{folder}/metrics.json")
     for plot in plots:
         mlflow.log_artifact(str(plot), folder)
-
-
-def metric_safe(name: str) -> str:
-    """A tag name as MLflow accepts in metric keys (letters, digits, ``_-. /``)."""
-    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def _flatten(config: Mapping[str, Any], parent: str = "") -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from raytag.storage import filesystem
+
 __all__ = ["Thresholds", "read_thresholds_file"]
 
 
@@ -81,8 +83,6 @@ class Thresholds:
 def read_thresholds_file(path: str | Path, vocabulary: Sequence[str]) -> Thresholds:
     """A thresholds JSON file, local or s3:// (:meth:`Thresholds.to_dict`'s form or
     ``{tag: threshold}``), for ``vocabulary``; a clear ValueError when it does not fit."""
-    from raytag.storage import filesystem
-
     try:
         fs, where = filesystem(str(path))
         with fs.open(where, "r") as handle:
