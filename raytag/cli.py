@@ -510,7 +510,9 @@ def verify_command(manifest: str, output: str, ray_address: str | None) -> None:
 @click.option(
     "--keep-mlflow", is_flag=True, help="Leave the MLflow server running to browse its UI."
 )
-@click.option("--retrain", is_flag=True, help="Train anew even if the champion matches.")
+@click.option(
+    "--retrain", is_flag=True, help="Train anew even if a version with these settings exists."
+)
 @click.option("--mlflow-port", type=int, default=None, help="Default: 5000 if free, else any.")
 @click.option("--cpus", "num_cpus", type=int, default=None, help="Ray CPUs (default: all).")
 def demo_command(

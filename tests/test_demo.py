@@ -1,6 +1,7 @@
 """`raytag demo` end to end at a tiny scale (16 tracks of 4 s, one epoch, one real track),
 so the README's first command cannot rot: real MLflow (mlflow/serve.sh), real Ray, real
-audio; then a second run that reuses everything."""
+audio; then a run with another setting, whose new version goes through the promotion gate;
+then one that reuses everything."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ from raytag.demo.report import (
     Timings,
 )
 from raytag.evaluate import PLOT_FILES, TagMetrics, TrackScores, evaluate_tracks
+from raytag.evaluate.compare import PLOT_FILES as COMPARISON_PLOTS
+from raytag.evaluate.compare import VERDICTS
 from raytag.services import free_port, http_status
 from raytag.settings import options
 from raytag.tagging.output import read_vocabulary
@@ -63,9 +66,14 @@ def _healthy(uri: str) -> bool:
 
 
 @pytest.mark.integration  # starts its own MLflow server and Ray
-def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> None:
-    """The first run in this process; the second through the command with its output piped,
-    as `make demo > file` runs it: only the demo's own lines and the report reach it."""
+def test_demo_end_to_end_then_a_challenger_then_a_run_that_reuses_everything(
+    tmp_path: Path,
+) -> None:
+    """The first two runs in this process, the second with one training patch per track:
+    a new version, compared with the champion and promoted unless worse. The third, with
+    the second's settings, through the command with its output piped, as `make demo > file`
+    runs it: everything is found again, and only the demo's own lines and the report reach
+    the terminal."""
     import ray
 
     workdir = tmp_path / "demo"
@@ -105,6 +113,8 @@ def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> 
         assert "test_macro_roc_auc" in client.get_run(champion.run_id).data.metrics or (
             metrics.macro_roc_auc is None
         )
+        assert first.comparison is None  # the first version: nothing to compare with
+        assert champion.tags["raytag.promotion.replaced"] == "none"
         pretrained = first.pretrained
         assert pretrained is not None and not pretrained.reused
         imported = client.get_model_version_by_alias(pretrained.name, ALIAS)
@@ -156,12 +166,46 @@ def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> 
         sources = re.findall(r'src="([^"]*)"', html)
         assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
 
-        # Second run, the command with its output piped: the kept server, the catalogue, the
-        # champion, musicnn and the tagging output are all found again; this time the server
-        # is stopped at the end.
+        # Second run, another setting: a new version, compared with the champion on the test
+        # split; the champion afterwards, the one that tags, is the one the verdict allows.
+        changed, said = replace(TINY, patches_per_track=1), []
+        challenger = run_demo(workdir, changed, keep_mlflow=True, num_cpus=2,
+                              progress=said.append)  # fmt: skip
+        comparison, new = challenger.comparison, str(int(model.version) + 1)
+        assert comparison is not None and comparison.compared_now
+        assert (comparison.baseline, comparison.candidate) == (
+            f"{REGISTERED_MODEL} v{model.version}",
+            f"{REGISTERED_MODEL} v{new}",
+        )
+        assert comparison.n_tracks == first.catalogue.splits["test"]
+        assert [c.metric for c in comparison.changes] == ["macro ROC-AUC", "macro PR-AUC"]
+        assert comparison.verdict in VERDICTS
+        assert comparison.promoted == (comparison.verdict != "worse")
+        holder = new if comparison.promoted else model.version
+        assert client.get_model_version_by_alias(REGISTERED_MODEL, ALIAS).version == holder
+        assert challenger.model.version == challenger.tagging.models[0].version == holder
+        assert challenger.model.reused != comparison.promoted
+        recorded = client.get_model_version(REGISTERED_MODEL, new).tags
+        assert recorded["raytag.comparison.baseline"] == f"{REGISTERED_MODEL}/{model.version}"
+        assert recorded["raytag.comparison.verdict"] == comparison.verdict
+        assert sorted(Path(p).name for p in comparison.plots) == sorted(COMPARISON_PLOTS)
+        assert any(f"comparison: version {new} against version {model.version}" in line
+                   for line in said), said  # fmt: skip
+        assert any(line.split("] ", 1)[1].startswith("promotion: ") for line in said), said
+        text = format_report(challenger)
+        assert f"({comparison.baseline} -> {comparison.candidate}, " in text
+        assert f"Verdict {comparison.verdict} (the 95% interval" in text
+        written = json.loads((workdir / "report.json").read_text())
+        assert written["comparison"]["verdict"] == comparison.verdict
+        html = Path(challenger.html_path).read_text()
+        assert 'id="comparison"' in html and len(re.findall(r'src="data:image/png', html)) == 6
+
+        # Third run, the command with the second's settings and its output piped: the kept
+        # server, the catalogue, the champion, its comparison, musicnn and the tagging
+        # output are all found again; this time the server is stopped at the end.
         flags = [str(part) for o in options(DemoSettings)
-                 for part in (o.flag, getattr(TINY, o.name))]  # fmt: skip
-        second_run = subprocess.run(
+                 for part in (o.flag, getattr(changed, o.name))]  # fmt: skip
+        third_run = subprocess.run(
             [sys.executable, "-m", "raytag.cli", "demo", "--workdir", str(workdir),
              "--cpus", "2", *flags],
             capture_output=True, text=True, timeout=600,
@@ -169,28 +213,87 @@ def test_demo_end_to_end_then_a_second_run_reuses_everything(tmp_path: Path) -> 
     finally:
         if _healthy(uri):
             os.killpg(first.mlflow.pid, signal.SIGTERM)
-    assert second_run.returncode == 0, second_run.stderr[-3000:]
-    progress, report_text = second_run.stderr.splitlines(), second_run.stdout
+    assert third_run.returncode == 0, third_run.stderr[-3000:]
+    progress, report_text = third_run.stderr.splitlines(), third_run.stdout
     assert all(line.startswith("[demo ") for line in progress), progress
     assert report_text.startswith("raytag demo: done in ") and "musicnn-mtt v" in report_text
     for noise in ("INFO", "WARNING", "streaming_executor", "Dataset dataset_"):
-        assert noise not in second_run.stderr + report_text, noise
+        assert noise not in third_run.stderr + report_text, noise
     log = (workdir / "demo.log").read_text()
     assert "INFO streaming_executor.py" in log and "Starting execution of Dataset" in log
     assert all(line in log for line in progress[1:])  # the demo's own lines, in context
 
-    second = json.loads((workdir / "report.json").read_text())
-    assert second["mlflow"]["reused"] and second["mlflow"]["uri"] == uri
-    assert second["catalogue"]["reused"]
-    assert second["model"]["reused"] and second["model"]["version"] == model.version
-    assert second["model"]["metrics"] == written["model"]["metrics"]
-    assert second["pretrained"]["reused"]
-    assert second["pretrained"]["version"] == pretrained.version
-    assert second["tagging"]["tagged_this_run"] == 0
-    assert second["tagging"]["counts"] == counts
-    assert second["timings_s"]["total"] < first.timings_s.total
-    assert not second["mlflow"]["running"] and not _healthy(uri)
+    third = json.loads((workdir / "report.json").read_text())
+    assert third["mlflow"]["reused"] and third["mlflow"]["uri"] == uri
+    assert third["catalogue"]["reused"]
+    assert third["model"]["reused"] and third["model"]["version"] == holder
+    assert third["model"]["metrics"] == written["model"]["metrics"]
+    assert third["comparison"] == written["comparison"] | {"compared_now": False}
+    assert third["pretrained"]["reused"]
+    assert third["pretrained"]["version"] == pretrained.version
+    assert third["tagging"]["tagged_this_run"] == 0
+    assert third["tagging"]["counts"] == counts
+    assert third["timings_s"]["total"] < first.timings_s.total
+    assert not third["mlflow"]["running"] and not _healthy(uri)
     assert "MLFLOW_HOME=" in report_text  # how to browse it again
+
+
+@pytest.mark.integration  # a real MLflow server
+def test_a_version_the_gate_refuses_leaves_the_champion_in_place(
+    mlflow_env: str, tmp_path: Path
+) -> None:
+    """The demo meets a refusal: version 2 has a `worse` comparison with version 1, which
+    holds @champion (as an earlier demo recorded it); version 1 stays champion, the demo
+    says so and its report's comparison is the recorded one, not promoted."""
+    from raytag import promotion, registry
+    from raytag.checkpoint import save_model
+    from raytag.config import AudioConfig
+    from raytag.demo.champion import Candidate
+    from raytag.demo.gate import promote_or_keep
+    from raytag.evaluate.compare import Comparison, Difference
+    from raytag.models import build_model
+
+    client = mlflow.MlflowClient()
+    save_model(tmp_path / "model", build_model("spectrogram-small", n_tags=len(VOCABULARY)),
+               list(VOCABULARY), AudioConfig(), name="tiny")  # fmt: skip
+    try:
+        old, new = (registry.register_folder(tmp_path / "model", REGISTERED_MODEL)
+                    .registered_model_version for _ in range(2))  # fmt: skip
+        promotion.promote(REGISTERED_MODEL, old)
+        worse = Comparison(
+            baseline={"uri": "b", "name": REGISTERED_MODEL, "version": old},
+            candidate={"uri": "c", "name": REGISTERED_MODEL, "version": new},
+            manifest="catalogue/manifest.parquet", split="test", n_tracks=30,
+            macro_roc_auc=Difference(0.70, 0.55, -0.15, -0.25, -0.05),
+            macro_pr_auc=Difference(0.40, 0.35, -0.05, -0.12, 0.02),
+            per_tag=(), agreement=0.8, tracks_agreeing=0.3, agreement_note=None,
+            baseline_only_tags=(), candidate_only_tags=(), left_out=(), verdict="worse",
+            confidence_level=0.95, resamples=1000, seed=0,
+        )  # fmt: skip
+        with mlflow.start_run() as run:  # as compare_models logs it
+            mlflow.log_dict(worse.to_dict(), "comparison/comparison.json")
+        baseline = promotion.version_key(REGISTERED_MODEL, old)
+        promotion.record_comparison(
+            REGISTERED_MODEL, new, run_id=run.info.run_id, baseline=baseline, verdict="worse"
+        )
+
+        said: list[str] = []
+        champion, comparison = promote_or_keep(
+            Candidate(new, reused=True, champion=old), "not read: the comparison is recorded",
+            tmp_path, 2, said.append,
+        )  # fmt: skip
+        assert champion == old == client.get_model_version_by_alias(REGISTERED_MODEL, ALIAS).version
+        assert comparison is not None
+        assert (comparison.baseline, comparison.candidate, comparison.n_tracks) == (
+            f"{REGISTERED_MODEL} v{old}", f"{REGISTERED_MODEL} v{new}", 30)  # fmt: skip
+        assert (comparison.verdict, comparison.promoted, comparison.compared_now) == (
+            "worse", False, False)  # fmt: skip
+        assert comparison.changes[0] == MetricChange("macro ROC-AUC", 0.70, 0.55, -0.15, -0.25,
+                                                     -0.05)  # fmt: skip
+        assert comparison.run_url.endswith(f"/runs/{run.info.run_id}")
+        assert f"version {new} is worse than version {old}, which stays @champion" in said[-1]
+    finally:
+        client.delete_registered_model(REGISTERED_MODEL)
 
 
 def test_demo_command_help_lists_every_setting() -> None:
@@ -238,8 +341,8 @@ def _sample_report(tmp_path: Path, *, comparison: bool) -> DemoReport:
     speed = Throughput(12.0, 320, 2, 0.7, 26.7, 210.0, {"CPU": 2.0}, "2026-12-03T17:00:00Z")
     return DemoReport(
         workdir=str(tmp_path), settings=DemoSettings(),
-        timings_s=Timings(catalogue=72.0, mlflow_start=9.5, training=147.0, pretrained=6.0,
-                          tagging=17.0, total=260.0),
+        timings_s=Timings(catalogue=72.0, mlflow_start=9.5, training=147.0, comparison=21.0,
+                          pretrained=6.0, tagging=17.0, total=281.0),
         catalogue=CatalogueRecord(300, {"test": 40, "train": 220, "valid": 40},
                                   "catalogue/manifest.parquet", reused=True),
         mlflow=MLflowRecord("http://127.0.0.1:5000", "mlflow", reused=False, running=False,
@@ -267,7 +370,7 @@ def _sample_report(tmp_path: Path, *, comparison: bool) -> DemoReport:
             baseline="raytag-demo v1", candidate="raytag-demo v2", n_tracks=40,
             changes=(MetricChange("macro ROC-AUC", 0.61, 0.66, 0.05, 0.01, 0.09),
                      MetricChange("macro PR-AUC", 0.40, 0.38, -0.02, -0.06, 0.02)),
-            agreement=0.873, verdict="better: the candidate may be promoted",
+            agreement=0.873, verdict="better", promoted=True, compared_now=True,
             run_url="http://127.0.0.1:5000/#/runs/cmp",
             plots=(str(plots / PLOT_FILES[0]),),
         ) if comparison else None,
@@ -290,7 +393,18 @@ def test_report_text_shows_thresholds_both_models_and_the_comparison(tmp_path: P
     assert "raytag-demo@champion  (at the thresholds stored with it: max_f1 on the valid" in text
     assert "musicnn-mtt v1        models:/musicnn-mtt@champion  (no thresholds stored" in text
     assert report.html_path in text and report.log_path in text
+    assert (
+        "Verdict better (the 95% interval of the macro ROC-AUC change lies above 0): "
+        "raytag-demo v2 was promoted to champion." in text
+    )
+    assert "comparison    http://127.0.0.1:5000/#/runs/cmp" in text
     assert "Against the previous champion" not in format_report(replace(report, comparison=None))
+    refused = replace(report.comparison, baseline="raytag-demo v2", candidate="raytag-demo v3",
+                      verdict="worse", promoted=False, compared_now=False)  # fmt: skip
+    kept = format_report(replace(report, comparison=refused))
+    assert "(spectrogram-small, 15 epochs, kept: raytag-demo v3 was not promoted)" in kept
+    assert "raytag-demo v2 -> raytag-demo v3, 40 test tracks; compared by an earlier run" in kept
+    assert "the gate refuses a worse version, so raytag-demo v2 stays champion" in kept
     many = tuple(TagScore(tag, round(0.9 - i / 10, 1)) for i, tag in enumerate(VOCABULARY[:6]))
     track = report.tagging.real_tracks[0]
     track = replace(track, by_model=(ModelTags("raytag-demo v2", 8, many, many), track.by_model[1]))
@@ -338,6 +452,7 @@ def test_report_html_renders_in_a_real_browser(tmp_path: Path) -> None:
         assert "guitar 0.62" in real.text
         comparison = browser.find_element(By.ID, "comparison").text
         assert "+0.050" in comparison and "87.3%" in comparison
+        assert "raytag-demo v2 was promoted to champion" in comparison
         shot = screenshot(browser, tmp_path / "report.png")
     with Image.open(shot) as image:  # the whole page, taller than the window
         assert image.height > 900

@@ -1,5 +1,6 @@
-"""The demo's model: trained with Ray Train, evaluated, registered as ``@champion``; or the
-champion an earlier demo trained with the same settings on the same catalogue, reused."""
+"""The demo's model: trained with Ray Train, evaluated and registered, or the version an
+earlier demo trained with the same settings on the same catalogue, reused. Either is the
+candidate that :mod:`raytag.demo.gate` promotes to ``@champion``, or not."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,38 +30,68 @@ ALIAS = "champion"
 FINGERPRINT_TAG = "raytag.demo.fingerprint"
 
 
-def train_or_reuse(config: TrainConfig, workdir: Path, retrain: bool, say: Clock) -> ModelRecord:
-    """The champion, trained now or reused when an earlier demo trained it the same way."""
+@dataclass(frozen=True)
+class Candidate:
+    """The version this run puts forward, and the champion it has to beat."""
+
+    version: str
+    reused: bool  # trained by an earlier demo with the same settings and catalogue
+    champion: str | None  # the version holding @champion before this run; None: none does
+
+
+def train_or_reuse(config: TrainConfig, workdir: Path, retrain: bool, say: Clock) -> Candidate:
+    """The version an earlier demo trained the same way (the champion when it is that
+    one), or one trained and registered now, without the alias."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from raytag.train import run_training
 
     client = mlflow.MlflowClient()
     fingerprint = _fingerprint(config)
-    if not retrain:
-        try:
-            champion = client.get_model_version_by_alias(REGISTERED_MODEL, ALIAS)
-            run = client.get_run(champion.run_id)
-        except MlflowException:
-            champion = run = None
-        if run is not None and run.data.tags.get(FINGERPRINT_TAG) == fingerprint:
-            say(f"training: reusing {REGISTERED_MODEL} version {champion.version} "
-                f"(@{ALIAS}, same settings and catalogue; --retrain trains anew)")  # fmt: skip
-            return _model_record(client, champion.version, run.info.run_id, workdir, reused=True)
+    champion = _champion(client)
+    earlier = None if retrain else _trained_with(client, fingerprint, champion)
+    if earlier is not None:
+        role = f"@{ALIAS}" if earlier == champion else f"not @{ALIAS}"
+        say(f"training: reusing {REGISTERED_MODEL} version {earlier} ({role}; same settings "
+            f"and catalogue; --retrain trains anew)")  # fmt: skip
+        return Candidate(earlier, reused=True, champion=champion)
 
     run_name = _run_name(fingerprint, workdir / "runs", retrain)
     config = replace(config, run_name=run_name)
     say(f"training: {config.model} for up to {config.epochs} epochs with Ray Train "
         f"(run {run_name}; epochs are reported as they finish) ...")  # fmt: skip
     with EpochWatcher(client, EXPERIMENT, run_name, config.epochs, say):
-        trained = run_training(
-            config, experiment=EXPERIMENT, registered_model=REGISTERED_MODEL, alias=ALIAS
-        )
+        trained = run_training(config, experiment=EXPERIMENT, registered_model=REGISTERED_MODEL)
     client.set_tag(trained.run_id, FINGERPRINT_TAG, fingerprint)
-    say(f"training: registered {REGISTERED_MODEL} version {trained.version} as @{ALIAS}; "
-        f"test macro ROC-AUC {fmt(trained.test_macro_roc_auc)}")  # fmt: skip
-    return _model_record(client, trained.version, trained.run_id, workdir, reused=False)
+    say(f"training: registered {REGISTERED_MODEL} version {trained.version}; test macro "
+        f"ROC-AUC {fmt(trained.test_macro_roc_auc)}")  # fmt: skip
+    return Candidate(str(trained.version), reused=False, champion=champion)
+
+
+def _champion(client: MlflowClient) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, ALIAS).version)
+    except MlflowException:  # no such model yet, or no version holds the alias
+        return None
+
+
+def _trained_with(client: MlflowClient, fingerprint: str, champion: str | None) -> str | None:
+    """The registered version whose training run carries ``fingerprint``: the champion
+    when it does, else the newest such version; None when there is none."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+    )
+    run_ids = {run.info.run_id for run in runs}
+    versions = [str(v.version) for v in client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+                if v.run_id in run_ids]  # fmt: skip
+    if champion in versions:
+        return champion
+    return max(versions, key=int, default=None)
 
 
 def _fingerprint(config: TrainConfig) -> str:
@@ -89,27 +120,37 @@ def _run_name(fingerprint: str, storage: Path, retrain: bool) -> str:
     return name
 
 
-def _model_record(
-    client: MlflowClient, version: str, run_id: str, workdir: Path, *, reused: bool
-) -> ModelRecord:
-    """The registered version, its training run and its test evaluation (from MLflow, the
-    same whether trained now or reused)."""
+def model_record(version: str, workdir: Path, *, reused: bool) -> ModelRecord:
+    """The champion's registered version, its training run and its test evaluation (from
+    MLflow, the same whether trained now or earlier)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(REGISTERED_MODEL, version).run_id
     run = client.get_run(run_id)
-    uri = os.environ["MLFLOW_TRACKING_URI"]
     metrics, plots = _download_evaluation(run_id, workdir)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
     return ModelRecord(
         name=REGISTERED_MODEL,
-        version=str(version),
+        version=version,
         uri=f"models:/{REGISTERED_MODEL}@{ALIAS}",
         reused=reused,
         run_id=run_id,
         arch=run.data.params.get("model"),
         epochs=len(client.get_metric_history(run_id, "val_loss")),
-        run_url=f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}",
+        run_url=run_url(run_id),
         model_url=f"{uri}/#/models/{REGISTERED_MODEL}/versions/{version}",
         metrics=metrics,
         plots=str(plots),
     )
+
+
+def run_url(run_id: str) -> str:
+    """Where the MLflow UI shows the run."""
+    import mlflow
+
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    return f"{os.environ['MLFLOW_TRACKING_URI']}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _download_evaluation(run_id: str, workdir: Path) -> tuple[Evaluation, Path]:

@@ -11,7 +11,14 @@ from typing import Any
 
 import jinja2
 
-from raytag.demo.report import DemoReport, fmt, format_duration, thresholds_note
+from raytag.demo.report import (
+    DemoReport,
+    comparison_outcome,
+    fmt,
+    format_duration,
+    model_status,
+    thresholds_note,
+)
 from raytag.evaluate import PLOT_FILES
 
 # Per-tag columns: (field of TagMetrics, heading); the decision columns only when the
@@ -52,6 +59,8 @@ def render_html(report: DemoReport) -> str:
         "columns": AUC_COLUMNS + (DECISION_COLUMNS if metrics.at_thresholds else ()),
         "bar_columns": BAR_COLUMNS,
         "thresholds_note": thresholds_note,
+        "model_status": model_status(report),
+        "outcome": None if report.comparison is None else comparison_outcome(report.comparison),
         "plots": [(title, data_uri(p)) for title, p in plots if p.is_file()],
         "comparison_plots": [
             (Path(p).stem.replace("_", " "), data_uri(p))
@@ -135,8 +144,7 @@ TEMPLATE = """\
 <h1>raytag demo</h1>
 <p class="muted">{{ report.catalogue.tracks }} labelled tracks, model
   <b>{{ report.model.name }} version {{ report.model.version }}</b>
-  ({{ report.model.arch }}, {{ report.model.epochs }} epochs,
-  {{ "reused" if report.model.reused else "trained now" }}),
+  ({{ report.model.arch }}, {{ report.model.epochs }} epochs, {{ model_status }}),
   done in {{ report.timings_s.total | duration }}.</p>
 
 <div class="cards">
@@ -157,8 +165,9 @@ TEMPLATE = """\
 {% if report.comparison %}{% set c = report.comparison %}
 <section id="comparison">
 <h2>Against the previous champion</h2>
-<p>{{ c.baseline }} &rarr; {{ c.candidate }} on the same {{ c.n_tracks }} test tracks.
-  <b>{{ c.verdict }}</b></p>
+<p>{{ c.baseline }} &rarr; {{ c.candidate }} on the same {{ c.n_tracks }} test tracks
+  {%- if not c.compared_now %} (compared by an earlier run){% endif %}.
+  <b>{{ outcome }}</b></p>
 <table>
   <thead><tr><th>Figure</th><th>{{ c.baseline }}</th><th>{{ c.candidate }}</th>
     <th>Change</th><th>{{ "%.0f" | format(c.confidence_level * 100) }}% interval</th></tr>

@@ -18,6 +18,7 @@ class Timings:
     catalogue: float
     mlflow_start: float
     training: float
+    comparison: float  # comparing a new version with the champion, and promoting it
     pretrained: float  # importing musicnn, or finding it imported
     tagging: float
     total: float
@@ -61,7 +62,7 @@ class ModelRecord:
     name: str
     version: str
     uri: str  # models:/NAME@ALIAS
-    reused: bool  # trained by an earlier demo with the same settings and catalogue
+    reused: bool  # trained by an earlier demo: same settings, or the champion kept
     run_id: str
     arch: str | None
     epochs: int
@@ -186,15 +187,19 @@ class MetricChange:
 
 @dataclass(frozen=True)
 class ComparisonRecord:
-    """The champion against the previous champion on the same test tracks (``raytag
-    compare``); the report has one when there was a previous champion."""
+    """A new version against the champion it had to beat, on the same test tracks
+    (``raytag compare``), and whether the gate promoted it. The report has one when this
+    run put a version forward while another was champion, or reused a champion that has
+    a comparison recorded on it."""
 
-    baseline: str  # e.g. "raytag-demo v1"
+    baseline: str  # the champion it was compared with, e.g. "raytag-demo v1"
     candidate: str
     n_tracks: int
     changes: tuple[MetricChange, ...]
     agreement: float | None  # share of (track, tag) decisions the two models agree on
-    verdict: str  # the promotion rule's outcome, as a sentence
+    verdict: str  # better, worse or inconclusive (raytag.evaluate.compare's rule)
+    promoted: bool  # the candidate holds the champion alias after this run
+    compared_now: bool  # False: as an earlier run recorded it on the version
     confidence_level: float = 0.95  # of the deltas' intervals
     run_url: str | None = None  # the comparison's MLflow run
     plots: tuple[str, ...] = ()  # its PNGs
@@ -247,8 +252,7 @@ def format_report(report: DemoReport) -> str:
         f"({', '.join(f'{n} {s}' for s, n in catalogue.splits.items())}), "
         f"{'reused' if catalogue.reused else 'rendered now'}: {catalogue.manifest}",
         f"Model      {model.name} version {model.version} = {model.uri} "
-        f"({model.arch}, {_plural(model.epochs, 'epoch')}, "
-        f"{'reused: same settings and catalogue' if model.reused else 'trained now'})",
+        f"({model.arch}, {_plural(model.epochs, 'epoch')}, {model_status(report)})",
         "",
         *_quality_lines(model.metrics),
         *_comparison_lines(report.comparison),
@@ -299,13 +303,39 @@ def _quality_lines(metrics: Evaluation) -> list[str]:
     return lines
 
 
+def model_status(report: DemoReport) -> str:
+    """How this run came by its champion: trained now, reused, or kept because the gate
+    refused the version trained to replace it."""
+    comparison = report.comparison
+    if comparison is not None and not comparison.promoted:
+        return f"kept: {comparison.candidate} was not promoted"
+    return "reused: same settings and catalogue" if report.model.reused else "trained now"
+
+
+# How the verdict follows from the interval of the macro ROC-AUC change.
+VERDICT_RULES = {"better": "lies above 0", "worse": "lies below 0", "inconclusive": "contains 0"}
+
+
+def comparison_outcome(comparison: ComparisonRecord) -> str:
+    """The verdict, the rule that gave it and what the promotion gate made of it."""
+    rule = (f"the {comparison.confidence_level:.0%} interval of the macro ROC-AUC change "
+            f"{VERDICT_RULES[comparison.verdict]}")  # fmt: skip
+    if comparison.promoted:
+        outcome = f"{comparison.candidate} was promoted to champion"
+    else:
+        outcome = (f"the gate refuses a worse version, so {comparison.baseline} stays champion "
+                   "and tags the tracks")  # fmt: skip
+    return f"Verdict {comparison.verdict} ({rule}): {outcome}."
+
+
 def _comparison_lines(comparison: ComparisonRecord | None) -> list[str]:
     if comparison is None:
         return []
+    earlier = "" if comparison.compared_now else "; compared by an earlier run"
     lines = [
         "",
         f"Against the previous champion ({comparison.baseline} -> {comparison.candidate}, "
-        f"{comparison.n_tracks} test tracks)",
+        f"{comparison.n_tracks} test tracks{earlier})",
     ]
     for change in comparison.changes:
         interval = ""
@@ -317,7 +347,7 @@ def _comparison_lines(comparison: ComparisonRecord | None) -> list[str]:
                      f"{fmt(change.candidate)}  {delta}{interval}")  # fmt: skip
     if comparison.agreement is not None:
         lines.append(f"  decided tags agree on {comparison.agreement:.1%} of track-tag pairs")
-    lines.append(f"  {comparison.verdict}")
+    lines.append(f"  {comparison_outcome(comparison)}")
     return lines
 
 
@@ -395,6 +425,8 @@ def _where_lines(report: DemoReport) -> list[str]:
         f"  MLflow run    {model.run_url}",
         f"  model         {model.model_url}",
     ]
+    if report.comparison is not None and report.comparison.run_url:
+        lines.append(f"  comparison    {report.comparison.run_url}")
     if server.running:
         lines.append(f"  MLflow UI     open {server.uri} (running; stop: {server.stop})")
     else:

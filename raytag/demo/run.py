@@ -1,5 +1,5 @@
-"""The demo's steps in order: MLflow and Ray up, the catalogue, the champion, musicnn,
-tagging, the report."""
+"""The demo's steps in order: MLflow and Ray up, the catalogue, the model and its
+promotion to champion, musicnn, tagging, the report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from raytag.demo.champion import train_or_reuse
+from raytag.demo.champion import model_record, train_or_reuse
+from raytag.demo.gate import promote_or_keep
 from raytag.demo.html import write_html
 from raytag.demo.logs import LOG_FILE, output_to_log
 from raytag.demo.pretrained import musicnn_or_reuse
@@ -112,8 +113,15 @@ def _run_steps(
                 storage_path=str(workdir / "runs"), run_name="demo", seed=settings.seed,
             )  # fmt: skip
             t = time.monotonic()
-            model = train_or_reuse(config, workdir, retrain, say)
+            candidate = train_or_reuse(config, workdir, retrain, say)
             timings["training"] = since(t)
+
+            t = time.monotonic()
+            champion, comparison = promote_or_keep(candidate, catalogue.manifest, workdir,
+                                                   settings.max_patches, say)  # fmt: skip
+            reused = candidate.reused or champion != candidate.version
+            model = model_record(champion, workdir, reused=reused)
+            timings["comparison"] = since(t)
 
             t = time.monotonic()
             pretrained = musicnn_or_reuse(say)
@@ -147,6 +155,7 @@ def _run_steps(
         log_path=str(log_path),
         report_path=str(workdir / "report.json"),
         html_path=str(workdir / "report.html"),
+        comparison=comparison,
     )
 
 
