@@ -76,6 +76,9 @@ def mlflow_env(mlflow_server: MLflowServer, monkeypatch: pytest.MonkeyPatch) -> 
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    # The active experiment outlives a test: one of another server (a demo's) would be
+    # looked up here by its id.
+    mlflow.set_experiment("Default")
     yield mlflow_server.uri
     mlflow.end_run()  # a failed test must not leave its run active for the next one
 

@@ -54,11 +54,19 @@ from raytag.evaluate import PLOT_FILES, TagMetrics, TrackScores, evaluate_tracks
 from raytag.evaluate.compare import PLOT_FILES as COMPARISON_PLOTS
 from raytag.evaluate.compare import VERDICTS
 from raytag.services import free_port, http_status
-from raytag.settings import options
+from raytag.settings import Option, options
 from raytag.tagging.output import read_vocabulary
 from raytag.thresholds import Thresholds
 
 TINY = DemoSettings(n_tracks=16, duration_s=4.0, epochs=1, real_tracks=1, max_patches=2)
+
+
+def as_flags(option: Option, settings: DemoSettings) -> list[str]:
+    """``settings``' value of ``option`` on the command line: ``--x VALUE``, or a switch."""
+    value = getattr(settings, option.name)
+    if option.kind is bool:
+        return [option.flag if value else f"--no-{option.flag[2:]}"]
+    return [option.flag, str(value)]
 
 
 def _healthy(uri: str) -> bool:
@@ -203,8 +211,7 @@ def test_demo_end_to_end_then_a_challenger_then_a_run_that_reuses_everything(
         # Third run, the command with the second's settings and its output piped: the kept
         # server, the catalogue, the champion, its comparison, musicnn and the tagging
         # output are all found again; this time the server is stopped at the end.
-        flags = [str(part) for o in options(DemoSettings)
-                 for part in (o.flag, getattr(changed, o.name))]  # fmt: skip
+        flags = [flag for o in options(DemoSettings) for flag in as_flags(o, changed)]
         third_run = subprocess.run(
             [sys.executable, "-m", "raytag.cli", "demo", "--workdir", str(workdir),
              "--cpus", "2", *flags],

@@ -136,13 +136,23 @@ def model_record(version: str, workdir: Path, *, reused: bool) -> ModelRecord:
         uri=f"models:/{REGISTERED_MODEL}@{ALIAS}",
         reused=reused,
         run_id=run_id,
-        arch=run.data.params.get("model"),
+        recipe=_recipe(run.data.params),
         epochs=len(client.get_metric_history(run_id, "val_loss")),
         run_url=run_url(run_id),
         model_url=f"{uri}/#/models/{REGISTERED_MODEL}/versions/{version}",
         metrics=metrics,
         plots=str(plots),
     )
+
+
+def _recipe(params: dict[str, str]) -> str | None:
+    """How the training run made the model, from its params: a preset from scratch, or a
+    warm start (and whether its encoder was frozen)."""
+    start = params.get("init_from")
+    if start in (None, "None"):
+        return params.get("model")
+    frozen = ", encoder frozen" if params.get("freeze_encoder") == "True" else ""
+    return f"warm start from {start}{frozen}"
 
 
 def run_url(run_id: str) -> str:

@@ -144,7 +144,7 @@ TEMPLATE = """\
 <h1>raytag demo</h1>
 <p class="muted">{{ report.catalogue.tracks }} labelled tracks, model
   <b>{{ report.model.name }} version {{ report.model.version }}</b>
-  ({{ report.model.arch }}, {{ report.model.epochs }} epochs, {{ model_status }}),
+  ({{ report.model.recipe }}, {{ report.model.epochs }} epochs, {{ model_status }}),
   done in {{ report.timings_s.total | duration }}.</p>
 
 <div class="cards">

@@ -64,7 +64,7 @@ class ModelRecord:
     uri: str  # models:/NAME@ALIAS
     reused: bool  # trained by an earlier demo: same settings, or the champion kept
     run_id: str
-    arch: str | None
+    recipe: str | None  # a preset from scratch, or "warm start from URI[, encoder frozen]"
     epochs: int
     run_url: str
     model_url: str
@@ -252,7 +252,7 @@ def format_report(report: DemoReport) -> str:
         f"({', '.join(f'{n} {s}' for s, n in catalogue.splits.items())}), "
         f"{'reused' if catalogue.reused else 'rendered now'}: {catalogue.manifest}",
         f"Model      {model.name} version {model.version} = {model.uri} "
-        f"({model.arch}, {_plural(model.epochs, 'epoch')}, {model_status(report)})",
+        f"({model.recipe}, {_plural(model.epochs, 'epoch')}, {model_status(report)})",
         "",
         *_quality_lines(model.metrics),
         *_comparison_lines(report.comparison),

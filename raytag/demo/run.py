@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -19,7 +20,14 @@ from raytag.demo.html import write_html
 from raytag.demo.logs import LOG_FILE, output_to_log
 from raytag.demo.pretrained import musicnn_or_reuse
 from raytag.demo.progress import Clock, Ticker, both, printer, since
-from raytag.demo.report import CatalogueRecord, DemoReport, MLflowRecord, RayRecord, Timings
+from raytag.demo.report import (
+    CatalogueRecord,
+    DemoReport,
+    MLflowRecord,
+    PretrainedRecord,
+    RayRecord,
+    Timings,
+)
 from raytag.demo.settings import DemoSettings
 from raytag.demo.tag import tag
 from raytag.services import MLflowServer, free_port
@@ -106,11 +114,16 @@ def _run_steps(
             from raytag.catalogue import VOCABULARY
             from raytag.train import TrainConfig
 
+            t = time.monotonic()
+            pretrained = musicnn_or_reuse(say)
+            timings["pretrained"] = since(t)
+
             config = TrainConfig(
                 manifest=catalogue.manifest, model=settings.model, vocabulary=VOCABULARY,
                 epochs=settings.epochs, batch_size=settings.batch_size,
                 patches_per_track=settings.patches_per_track,
                 storage_path=str(workdir / "runs"), run_name="demo", seed=settings.seed,
+                **_warm_start(settings, pretrained, say),
             )  # fmt: skip
             t = time.monotonic()
             candidate = train_or_reuse(config, workdir, retrain, say)
@@ -122,10 +135,6 @@ def _run_steps(
             reused = candidate.reused or champion != candidate.version
             model = model_record(champion, workdir, reused=reused)
             timings["comparison"] = since(t)
-
-            t = time.monotonic()
-            pretrained = musicnn_or_reuse(say)
-            timings["pretrained"] = since(t)
 
             t = time.monotonic()
             tagging = tag(workdir, catalogue.manifest, model, pretrained, settings.real_tracks,
@@ -157,6 +166,20 @@ def _run_steps(
         html_path=str(workdir / "report.html"),
         comparison=comparison,
     )
+
+
+def _warm_start(
+    settings: DemoSettings, pretrained: PretrainedRecord | None, say: Clock
+) -> dict[str, Any]:
+    """The TrainConfig fields of the demo's recipe: musicnn-mtt's frozen encoder under a
+    new head when asked for and imported (its version pinned, so the recipe is fixed),
+    else ``settings.model`` from scratch."""
+    if not settings.warm_start:
+        return {}
+    if pretrained is None:
+        say(f"training {settings.model} from scratch: musicnn-mtt is not there to start from")
+        return {}
+    return {"init_from": f"models:/{pretrained.name}/{pretrained.version}", "freeze_encoder": True}
 
 
 def _catalogue(workdir: Path, settings: DemoSettings, say: Clock) -> CatalogueRecord:

@@ -16,7 +16,13 @@ class DemoSettings:
     n_tracks: int = setting(300, "Labelled tracks.", flag="--tracks")
     duration_s: float = setting(8.0, "Seconds each.", flag="--duration")
     epochs: int = setting(15, "Training epochs at most.")
-    model: str = setting("spectrogram-small", "Model preset.")
+    warm_start: bool = setting(
+        True,
+        "Start from musicnn-mtt's weights, encoder frozen, and train a head for the demo's "
+        "tags (scores better in the demo's minutes: docs/learning.md); off: train --model "
+        "from scratch.",
+    )
+    model: str = setting("spectrogram-small", "Model preset, without --warm-start.")
     batch_size: int = setting(16, "Patches per training step.")
     patches_per_track: int = setting(2, "Random training patches per track per epoch.")
     real_tracks: int = setting(8, "Real music tracks to tag.")
