@@ -12,6 +12,10 @@ from raytag.config import AudioConfig
 from raytag.plan import plan
 from raytag.settings import SettingsCommand, build
 
+labelled_manifest_option = click.option(
+    "--manifest", required=True, help="Labelled Parquet manifest (local or s3://)."
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raytag")
@@ -82,7 +86,7 @@ def decode_command(
     "(OUTPUT/NAME-vVERSION, local or s3://): how a test set too big for one process is "
     "evaluated.",
 )
-@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@labelled_manifest_option
 @click.option("--output", required=True, type=click.Path(), help="Where to write metrics.json.")
 @click.option("--split", default=None, help="Only this split (train, valid, test).")
 @click.option("--plots", "plots_dir", type=click.Path(), default=None, help="Write PNGs here.")
@@ -131,7 +135,7 @@ def evaluate_command(
     required=True,
     help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., folder.",
 )
-@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@labelled_manifest_option
 @click.option("--split", default="valid", show_default=True, help="The split to calibrate on.")
 @click.option(
     "--rule",
@@ -192,7 +196,7 @@ def calibrate_command(
     required=True,
     help="The model that would replace it, e.g. models:/NAME@challenger or models:/NAME/VERSION.",
 )
-@click.option("--manifest", required=True, help="Labelled Parquet manifest (local or s3://).")
+@labelled_manifest_option
 @click.option("--split", default=None, help="Only this split (e.g. test); default: every row.")
 @click.option(
     "--output",
