@@ -58,7 +58,8 @@ def train_or_reuse(config: TrainConfig, workdir: Path, retrain: bool, say: Clock
 
     run_name = _run_name(fingerprint, workdir / "runs", retrain)
     config = replace(config, run_name=run_name)
-    say(f"training: {config.model} for up to {config.epochs} epochs with Ray Train "
+    recipe = _recipe(config.model, config.init_from, config.freeze_encoder)
+    say(f"training: {recipe} for up to {config.epochs} epochs with Ray Train "
         f"(run {run_name}; epochs are reported as they finish) ...")  # fmt: skip
     with EpochWatcher(client, EXPERIMENT, run_name, config.epochs, say):
         trained = run_training(config, experiment=EXPERIMENT, registered_model=REGISTERED_MODEL)
@@ -136,7 +137,7 @@ def model_record(version: str, workdir: Path, *, reused: bool) -> ModelRecord:
         uri=f"models:/{REGISTERED_MODEL}@{ALIAS}",
         reused=reused,
         run_id=run_id,
-        recipe=_recipe(run.data.params),
+        recipe=_run_recipe(run.data.params),
         epochs=len(client.get_metric_history(run_id, "val_loss")),
         run_url=run_url(run_id),
         model_url=f"{uri}/#/models/{REGISTERED_MODEL}/versions/{version}",
@@ -145,14 +146,19 @@ def model_record(version: str, workdir: Path, *, reused: bool) -> ModelRecord:
     )
 
 
-def _recipe(params: dict[str, str]) -> str | None:
-    """How the training run made the model, from its params: a preset from scratch, or a
-    warm start (and whether its encoder was frozen)."""
+def _recipe(model: str | None, init_from: str | None, frozen: bool) -> str | None:
+    """How a model is made: a preset from scratch, or a warm start (and whether its encoder
+    is frozen)."""
+    if init_from is None:
+        return model
+    return f"warm start from {init_from}{', encoder frozen' if frozen else ''}"
+
+
+def _run_recipe(params: dict[str, str]) -> str | None:
+    """:func:`_recipe` from a training run's MLflow params (strings)."""
     start = params.get("init_from")
-    if start in (None, "None"):
-        return params.get("model")
-    frozen = ", encoder frozen" if params.get("freeze_encoder") == "True" else ""
-    return f"warm start from {start}{frozen}"
+    frozen = params.get("freeze_encoder") == "True"
+    return _recipe(params.get("model"), None if start == "None" else start, frozen)
 
 
 def run_url(run_id: str) -> str:
