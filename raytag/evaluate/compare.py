@@ -150,26 +150,22 @@ def compare_models(
     by default, which a multi-node cluster cannot share): a rerun with the same manifest
     and split reuses them. ``options`` are the tagging run's (its ``max_patches`` decides
     which patches are scored). With ``plots_dir`` the delta plots are also kept there and
-    listed under ``plots``. Raises ValueError when both URIs are the same version, the
-    models share no tag, or no tag has positive and negative tracks.
+    listed under ``plots``. Raises ValueError when the models share no tag or no tag has
+    positive and negative tracks; TagError (the tagging run's) when both URIs are the same
+    model version.
     """
-    baseline, candidate = registry.load(baseline_uri), registry.load(candidate_uri)
-    if (baseline.name, baseline.version) == (candidate.name, candidate.version):
-        raise ValueError(
-            f"the baseline and the candidate are the same model, {baseline.name} version "
-            f"{baseline.version}: compare two different versions"
-        )
     with _folder_or_temporary(output) as folder:
         labelled = _write_labelled(manifest_uri, split, folder)
         summaries = tag_catalogue(labelled, [baseline_uri, candidate_uri], folder, options)
+        baseline, candidate = (summary.record["model"] for summary in summaries)
         (base_tracks, base_vocab, base_thresholds), (cand_tracks, cand_vocab, cand_thresholds) = (
             _model_run(summary.record["output"], manifest_uri, split) for summary in summaries
         )
     pair = PairedScores.of(base_tracks, base_vocab, cand_tracks, cand_vocab)
     comparison = _compare(
         pair,
-        {"uri": baseline_uri, "name": baseline.name, "version": baseline.version},
-        {"uri": candidate_uri, "name": candidate.name, "version": candidate.version},
+        baseline,
+        candidate,
         manifest_uri,
         split,
         agreement=decision_agreement(pair, base_thresholds, cand_thresholds),

@@ -102,8 +102,14 @@ def tag_catalogue(
     ]
     models = [model for model, _ in decided]
     outputs = [model_output(output, model.name, model.version) for model in models]
-    if not models or len(set(outputs)) < len(outputs):
+    if not models:
         raise TagError("give each model once (one output folder per model name and version)")
+    for i, model in enumerate(models):
+        if outputs[i] in outputs[:i]:
+            raise TagError(
+                f"the same model twice, {model.name} version {model.version}: give each model "
+                "once (one output folder per model name and version)"
+            )
     columns = prediction_schema(manifest, options.embedding).names
     for out, (model, thresholds) in zip(outputs, decided, strict=True):
         check_output(out, model, thresholds, columns)
