@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,9 +12,22 @@ from raytag.config import AudioConfig
 from raytag.plan import plan
 from raytag.settings import SettingsCommand, build
 
+if TYPE_CHECKING:
+    from raytag.tagging import TagOptions
+
 labelled_manifest_option = click.option(
     "--manifest", required=True, help="Labelled Parquet manifest (local or s3://)."
 )
+
+
+def _tag_options(given: dict[str, Any]) -> TagOptions:
+    """The TagOptions of a command's parsed options; a bad value is a usage error."""
+    from raytag.tagging import TagOptions
+
+    try:
+        return build(TagOptions, given)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -230,12 +243,9 @@ def compare_command(
     from pathlib import Path
 
     from raytag.evaluate.compare import compare_models, format_comparison
-    from raytag.tagging import IncompleteRunError, TagError, TagOptions
+    from raytag.tagging import IncompleteRunError, TagError
 
-    try:
-        options = build(TagOptions, settings)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from error
+    options = _tag_options(settings)
     join(ray_address)
     try:
         comparison = compare_models(
@@ -459,12 +469,9 @@ def tag_command(
     """Tag a catalogue with one or more models: per model, predictions/ and errors/
     Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
-    from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
+    from raytag.tagging import IncompleteRunError, TagError, tag_catalogue
 
-    try:
-        options = build(TagOptions, settings)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from error
+    options = _tag_options(settings)
     join(ray_address)
     try:
         summaries = tag_catalogue(manifest, list(model_uris), output, options)
