@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import click
 
@@ -12,20 +12,18 @@ from raytag.config import AudioConfig
 from raytag.plan import plan
 from raytag.settings import SettingsCommand, build
 
-if TYPE_CHECKING:
-    from raytag.tagging import TagOptions
+S = TypeVar("S")
 
 labelled_manifest_option = click.option(
     "--manifest", required=True, help="Labelled Parquet manifest (local or s3://)."
 )
 
 
-def _tag_options(given: dict[str, Any]) -> TagOptions:
-    """The TagOptions of a command's parsed options; a bad value is a usage error."""
-    from raytag.tagging import TagOptions
-
+def _built(settings: type[S], given: dict[str, Any]) -> S:
+    """The settings dataclass of a command's parsed options; a bad value is a usage error,
+    not a traceback."""
     try:
-        return build(TagOptions, given)
+        return build(settings, given)
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
 
@@ -243,9 +241,9 @@ def compare_command(
     from pathlib import Path
 
     from raytag.evaluate.compare import compare_models, format_comparison
-    from raytag.tagging import IncompleteRunError, TagError
+    from raytag.tagging import IncompleteRunError, TagError, TagOptions
 
-    options = _tag_options(settings)
+    options = _built(TagOptions, settings)
     join(ray_address)
     try:
         comparison = compare_models(
@@ -427,7 +425,7 @@ def train_command(
     """Train with Ray Train, evaluate the test split, log to MLflow and register the model."""
     from raytag.train import TrainConfig, run_training
 
-    config = build(TrainConfig, settings)
+    config = _built(TrainConfig, settings)
     join(ray_address)
     summary = run_training(
         config, experiment=experiment, registered_model=registered_model, alias=alias
@@ -469,9 +467,9 @@ def tag_command(
     """Tag a catalogue with one or more models: per model, predictions/ and errors/
     Parquet, exactly once; reruns resume."""
     from raytag.manifest import ManifestError
-    from raytag.tagging import IncompleteRunError, TagError, tag_catalogue
+    from raytag.tagging import IncompleteRunError, TagError, TagOptions, tag_catalogue
 
-    options = _tag_options(settings)
+    options = _built(TagOptions, settings)
     join(ray_address)
     try:
         summaries = tag_catalogue(manifest, list(model_uris), output, options)
@@ -535,7 +533,7 @@ def demo_command(
     from raytag.demo import DemoSettings, format_report, run_demo
 
     report = run_demo(
-        workdir, build(DemoSettings, settings), keep_mlflow=keep_mlflow, retrain=retrain,
+        workdir, _built(DemoSettings, settings), keep_mlflow=keep_mlflow, retrain=retrain,
         mlflow_port=mlflow_port, num_cpus=num_cpus,
     )  # fmt: skip
     click.echo(format_report(report))
