@@ -1,4 +1,5 @@
-"""Audio files (any URI) to float32 mono waveforms and fixed-length patches.
+"""Audio files (local or in object storage) to float32 mono waveforms and fixed-length
+patches.
 
 torchcodec decodes, resamples and downmixes inside FFmpeg, so an 8-channel 96 kHz
 file never exists in memory at full size. Local files go to FFmpeg as paths; remote
@@ -7,7 +8,9 @@ download. With ``max_patches`` set and a duration in the header, only the K patc
 windows are decoded, which bounds time and memory for hour-long tracks.
 
 Every failure of one file surfaces as :class:`AudioError` with a stable code, so a
-batch job can record it next to the URI and carry on.
+batch job can record it next to the URI and carry on. A URI raytag does not read
+(``http://``, ``ftp://``, ``gs://`` without gcsfs: see :func:`raytag.manifest.unreadable_uri`)
+fails before any connection is tried.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from torchcodec.decoders import AudioDecoder
 
 from raytag.config import SAMPLE_RATE, AudioConfig
+from raytag.manifest import unreadable_uri
 from raytag.patching import patch_starts, random_crops, random_starts, split_patches
 from raytag.storage import filesystem, is_local, local_path
 
@@ -54,6 +58,7 @@ class AudioErrorCode(StrEnum):
     TOO_LONG = "too_long"
     NON_FINITE = "non_finite"
     READ_FAILED = "read_failed"
+    UNSUPPORTED_URI = "unsupported_uri"  # as the manifest's row checks call it
 
 
 class AudioError(Exception):
@@ -232,6 +237,9 @@ class _OpenTrack:
 @contextmanager
 def _open_decoder(uri: str, sample_rate: int) -> Iterator[AudioDecoder]:
     """A mono decoder at ``sample_rate``; any failure inside the block becomes AudioError."""
+    problem = unreadable_uri(uri)
+    if problem is not None:
+        raise AudioError(AudioErrorCode.UNSUPPORTED_URI, f"{uri}: {problem}")
     remote: _RemoteFile | None = None
     try:
         if is_local(uri):

@@ -3,20 +3,24 @@
 A manifest is one Parquet file, a folder (or object-storage prefix) of them, or a glob,
 local or on ``s3://``. :func:`open_manifest` checks everything that can be checked from
 file listings and Parquet footers (files exist, every file is Parquet, one schema, the
-required columns) and raises :class:`ManifestError` before any work starts. Problems of
-single rows (null or empty ids and URIs, duplicate ids) do not stop a run: they become
-error rows with a :class:`ManifestErrorCode` (see :func:`check_rows`).
+required columns, a location raytag can read) and raises :class:`ManifestError` before any
+work starts. Problems of single rows (null, empty or over-long ids, null or empty URIs,
+URIs raytag cannot read, duplicate ids) do not stop a run: they become error rows with a
+:class:`ManifestErrorCode` (see :func:`check_rows`).
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cache
 from typing import TYPE_CHECKING
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -34,6 +38,16 @@ _STRING_TYPES = (pa.string(), pa.large_string())
 _FOOTER_THREADS = 16
 # Rows per read task: a small manifest is read by one task, a big one across the cluster.
 _ROWS_PER_READ = 50_000
+# A track_id is a key (an ISRC is 12 bytes, a UUID 36): a longer one is a broken export,
+# and every output row and lookup would carry it. 1,024 bytes is S3's limit for a key.
+MAX_TRACK_ID_BYTES = 1024
+# The schemes raytag reads manifests and audio from, besides plain local paths: object
+# storage through fsspec, when its library (s3fs, gcsfs) is installed, and memory://, the
+# process's own fsspec store. Network protocols (http://, ftp://, ...) are refused before
+# any connection: on an unreachable host their clients wait out a network timeout, per row.
+READABLE_SCHEMES = ("file", "s3", "s3a", "gs", "gcs", "memory")
+# A URI's scheme: what precedes "://", or fsspec's chaining "::" (simplecache::s3://...).
+_SCHEME = r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)(?:://|::)"
 
 
 class ManifestError(ValueError):
@@ -45,8 +59,10 @@ class ManifestErrorCode(StrEnum):
 
     NULL_TRACK_ID = "null_track_id"
     EMPTY_TRACK_ID = "empty_track_id"
+    TRACK_ID_TOO_LONG = "track_id_too_long"
     NULL_URI = "null_uri"
     EMPTY_URI = "empty_uri"
+    UNSUPPORTED_URI = "unsupported_uri"
     DUPLICATE_TRACK_ID = "duplicate_track_id"
 
 
@@ -134,6 +150,9 @@ class Manifest:
 
 def open_manifest(uri: str) -> Manifest:
     """List and check the manifest at ``uri`` (file, folder/prefix or glob)."""
+    problem = unreadable_uri(uri)
+    if problem is not None:
+        raise ManifestError(f"manifest {uri}: {problem}")
     fs, _ = arrow_filesystem(uri)
     files = _list_files(uri)
     footers = read_footers(fs, files)
@@ -145,7 +164,8 @@ def open_manifest(uri: str) -> Manifest:
             f"manifest {uri}: {len(unreadable)} file(s) are not readable Parquet: "
             + "; ".join(unreadable[:5])
             + (" ..." if len(unreadable) > 5 else "")
-            + ". Point --manifest at the Parquet files only (e.g. a glob like prefix/*.parquet)."
+            + ". Point --manifest at the Parquet files only (e.g. a glob like prefix/*.parquet); "
+            "convert a CSV with pyarrow.csv.read_csv and pyarrow.parquet.write_table."
         )
     metas = [meta for meta, _ in footers]
     schema = metas[0].schema.to_arrow_schema().remove_metadata()
@@ -158,8 +178,8 @@ def open_manifest(uri: str) -> Manifest:
             )
     _check_schema(uri, schema)
     num_rows = sum(meta.num_rows for meta in metas)
-    if num_rows == 0:
-        raise ManifestError(f"manifest {uri} has no rows")
+    if num_rows == 0:  # most likely an export that selected nothing: say so, not "done"
+        raise ManifestError(f"manifest {uri} has no rows ({len(files)} file(s)): nothing to tag")
     row_groups = tuple(
         tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) for meta in metas
     )
@@ -177,14 +197,22 @@ def check_rows(table: pa.Table, copies: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Error code and message per row (null where the row is fine).
 
     ``copies`` is how many manifest rows share the row's ``track_id``: every row of a
-    duplicated id is an error, since which of its URIs is meant cannot be known.
+    duplicated id is an error, since which of its URIs is meant cannot be known. Messages
+    never quote the row's values: its error row carries them already.
     """
     track_id, uri = table[TRACK_ID], table[URI]
+    uri_problems = _uri_problems(uri)
     checks = [
         (pc.is_null(track_id), ManifestErrorCode.NULL_TRACK_ID, "track_id is null"),
         (_blank(track_id), ManifestErrorCode.EMPTY_TRACK_ID, "track_id is empty"),
+        (
+            pc.greater(pc.binary_length(track_id), MAX_TRACK_ID_BYTES),
+            ManifestErrorCode.TRACK_ID_TOO_LONG,
+            f"track_id is longer than {MAX_TRACK_ID_BYTES:,} bytes",
+        ),
         (pc.is_null(uri), ManifestErrorCode.NULL_URI, "uri is null"),
         (_blank(uri), ManifestErrorCode.EMPTY_URI, "uri is empty"),
+        (pc.is_valid(uri_problems), ManifestErrorCode.UNSUPPORTED_URI, uri_problems),
         (
             pc.greater(copies, 1),
             ManifestErrorCode.DUPLICATE_TRACK_ID,
@@ -196,12 +224,41 @@ def check_rows(table: pa.Table, copies: pa.Array) -> tuple[pa.Array, pa.Array]:
     for failed, reason, text in reversed(checks):  # the first failing check wins
         failed = pc.fill_null(failed, False)
         code = pc.if_else(failed, pa.scalar(str(reason)), code)
-        message = pc.if_else(failed, pa.scalar(text), message)
+        message = pc.if_else(failed, text, message)
     return code, message
 
 
 def _blank(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.equal(pc.utf8_trim_whitespace(column), "")
+
+
+def unreadable_uri(uri: str) -> str | None:
+    """Why raytag cannot read ``uri`` (a manifest's location or a track's), without any
+    I/O; None when it can: a local path, or a scheme of :data:`READABLE_SCHEMES` whose
+    library is installed."""
+    match = re.match(_SCHEME, uri)
+    return None if match is None else _scheme_problem(match["scheme"])
+
+
+def _uri_problems(uri: pa.ChunkedArray) -> pa.ChunkedArray:
+    """:func:`unreadable_uri` of each row's ``uri`` (null: readable, or no uri), judged
+    once per scheme."""
+    schemes = pc.struct_field(pc.extract_regex(uri, _SCHEME), "scheme")
+    seen = pc.unique(schemes).drop_null()
+    problems = pa.array([_scheme_problem(s) for s in seen.to_pylist()], pa.string())
+    return pc.take(problems, pc.index_in(schemes, value_set=seen))
+
+
+@cache
+def _scheme_problem(scheme: str) -> str | None:
+    if scheme not in READABLE_SCHEMES:
+        readable = ", ".join(f"{name}://" for name in READABLE_SCHEMES)
+        return f"raytag does not read {scheme}:// URIs (it reads local paths, {readable})"
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as error:  # fsspec names the package, e.g. gcsfs for gs://
+        return f"{scheme}:// needs a library that is not installed here: {error}"
+    return None
 
 
 def _list_files(uri: str) -> list[str]:

@@ -186,6 +186,7 @@ def test_error_codes_are_stable_and_pickle() -> None:
         "too_long",
         "non_finite",
         "read_failed",
+        "unsupported_uri",
     ]
     error = pickle.loads(pickle.dumps(AudioError(AudioErrorCode.EMPTY, "x.wav: zero-byte file")))
     assert error.code is AudioErrorCode.EMPTY and error.message == "x.wav: zero-byte file"

@@ -3,13 +3,20 @@ row checks that turn bad rows into error rows."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raytag.manifest import ManifestError, ManifestErrorCode, check_rows, open_manifest
+from raytag.manifest import (
+    MAX_TRACK_ID_BYTES,
+    ManifestError,
+    ManifestErrorCode,
+    check_rows,
+    open_manifest,
+)
 from raytag.storage import arrow_filesystem
 
 ROWS = [{"track_id": f"t{i}", "uri": f"/audio/{i}.wav", "album": f"a{i % 2}"} for i in range(5)]
@@ -51,21 +58,34 @@ BAD_MANIFESTS = {
     "empty-folder": ({}, "matches no files"),
     "non-parquet-file": ({"a.parquet": ROWS, "README.txt": b"x"}, "not readable Parquet: .*README"),
     "corrupt": ({"a.parquet": b"PAR1 garbage"}, "not readable Parquet"),
+    "csv-named-parquet": (
+        {"a.parquet": b"track_id,uri\nx,/a.wav\n"},
+        r"not readable Parquet: .*a\.parquet \(Parquet magic bytes not found.*convert a CSV",
+    ),
+    "zero-byte-file": (
+        {"a.parquet": b"", "b.parquet": ROWS},
+        r"1 file\(s\) are not readable Parquet: .*a\.parquet \(Parquet file size is 0 bytes\)",
+    ),
     "missing-column": (
         {"a.parquet": [{"track_id": "x", "path": "/a.wav"}]},
         r"lacks column\(s\) uri; it has track_id, path",
     ),
+    "missing-track-id": ({"a.parquet": [{"uri": "/a.wav"}]}, r"lacks column\(s\) track_id"),
     "wrong-type": ({"a.parquet": [{"track_id": 1, "uri": "/a"}]}, "track_id must be a string"),
     "two-schemas": (
         {"a.parquet": ROWS, "b.parquet": [{"track_id": "x", "uri": "/b.wav"}]},
         "all files must share one schema",
     ),
-    "no-rows": ({"a.parquet": pa.Table.from_pylist([], schema=KEYS)}, "has no rows"),
+    "no-rows": (
+        {"a.parquet": pa.Table.from_pylist([], schema=KEYS), "b.parquet": KEYS.empty_table()},
+        r"m has no rows \(2 file\(s\)\): nothing to tag",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", BAD_MANIFESTS)
 def test_bad_manifests_fail_before_any_work(tmp_path: Path, name: str) -> None:
+    """Each refusal names the manifest, the file at fault and what is wrong with it."""
     files, message = BAD_MANIFESTS[name]
     folder = tmp_path / "m"
     if files is not None:
@@ -78,6 +98,64 @@ def test_bad_manifests_fail_before_any_work(tmp_path: Path, name: str) -> None:
             pq.write_table(table, folder / file)
     with pytest.raises(ManifestError, match=message):
         open_manifest(str(folder))
+
+
+def gcsfs_absent() -> None:
+    """gs:// stands for storage whose library is missing: the set-up installs no gcsfs."""
+    assert importlib.util.find_spec("gcsfs") is None, "this test needs an environment without gcsfs"
+
+
+# TEST-NET-1 (RFC 5737) routes nowhere: a client that tried to connect would wait out a
+# timeout, so each refusal below is one made before any connection.
+UNREACHABLE = "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        (f"http://{UNREACHABLE}/m.parquet", "raytag does not read http:// URIs"),
+        (f"ftp://{UNREACHABLE}/m.parquet", "raytag does not read ftp:// URIs"),
+        (f"sftp://{UNREACHABLE}/m.parquet", "raytag does not read sftp:// URIs"),
+        ("gs://catalogue/m.parquet", "gs:// needs a library that is not installed here: .*gcsfs"),
+    ],
+)
+def test_manifest_where_raytag_cannot_read_is_refused_before_any_io(location, message) -> None:
+    gcsfs_absent()
+    with pytest.raises(ManifestError, match=f"manifest {location}: {message}"):
+        open_manifest(location)
+
+
+def test_check_rows_flags_long_track_ids_and_uris_raytag_cannot_read() -> None:
+    """Limits count bytes, not characters; a scheme is judged as fsspec would parse it."""
+    gcsfs_absent()
+    rows = {  # track_id: (uri, expected code)
+        "x" * MAX_TRACK_ID_BYTES: ("/a.wav", None),
+        "x" * (MAX_TRACK_ID_BYTES + 1): ("/a.wav", ManifestErrorCode.TRACK_ID_TOO_LONG),
+        "é" * (MAX_TRACK_ID_BYTES // 2 + 1): ("/a.wav", ManifestErrorCode.TRACK_ID_TOO_LONG),
+        # The first failing check wins: the id's come before the uri's.
+        "y" * (MAX_TRACK_ID_BYTES + 1): ("ftp://h/a.wav", ManifestErrorCode.TRACK_ID_TOO_LONG),
+        "http": (f"http://{UNREACHABLE}/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "https": (f"https://{UNREACHABLE}/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "ftp": (f"ftp://{UNREACHABLE}/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "gs": ("gs://catalogue/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "chained": ("simplecache::s3://catalogue/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "upper-case": ("S3://catalogue/a.wav", ManifestErrorCode.UNSUPPORTED_URI),
+        "path": ("audio/a.wav", None),
+        "colon-in-name": ("/audio/track:1.wav", None),
+        "file-url": ("file:///audio/a.wav", None),
+        "s3": ("s3://catalogue/a.wav", None),
+        "s3a": ("s3a://catalogue/a.wav", None),
+        "memory": ("memory://catalogue/a.wav", None),
+    }
+    table = pa.table({"track_id": list(rows), "uri": [uri for uri, _ in rows.values()]})
+    codes, messages = check_rows(table, pa.array([1] * len(rows), pa.int32()))
+    assert codes.to_pylist() == [code for _, code in rows.values()]
+    by_id = dict(zip(rows, messages.to_pylist(), strict=True))
+    assert by_id["x" * (MAX_TRACK_ID_BYTES + 1)] == "track_id is longer than 1,024 bytes"
+    assert by_id["http"].startswith("raytag does not read http:// URIs (it reads local paths,")
+    assert by_id["ftp"].startswith("raytag does not read ftp:// URIs")
+    assert "gcsfs" in by_id["gs"] and "s3://" in by_id["upper-case"]
+    assert by_id["chained"].startswith("raytag does not read simplecache:// URIs")
 
 
 def test_check_rows_flags_bad_rows_first_failure_wins() -> None:
