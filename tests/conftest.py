@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from raytag.services import MLflowServer, free_port
 from tests.services import RayHead, SeaweedS3
+
+RAY_TOKEN_FOLDER = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray token authentication on for every Ray the session starts or reaches (ray_local,
+    the RayHead, the fleet's child process, `ray job submit`), as on the cluster, with a
+    token of the session's own passed as a user passes theirs: RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN_PATH in the environment, which child processes inherit. Set before any
+    test module imports ray, which reads the mode once; never the user's ~/.ray/auth_token.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="raytag-ray-auth-"))  # private to this user
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))  # as `ray get-auth-token --generate` makes one
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    config.stash[RAY_TOKEN_FOLDER] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if RAY_TOKEN_FOLDER in config.stash:
+        shutil.rmtree(config.stash[RAY_TOKEN_FOLDER], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +67,8 @@ def s3_bucket(s3_env: SeaweedS3, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[str]:
-    """A real local Ray cluster for the whole session, in this process (2 CPUs, loopback).
+    """A real local Ray cluster for the whole session, in this process (2 CPUs, loopback),
+    with token authentication on (pytest_configure).
 
     ``address="local"`` forces a new cluster even when a `ray start` head is running. The
     dashboard (on a free loopback port) serves the state API that failure tests use to

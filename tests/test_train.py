@@ -184,16 +184,25 @@ def test_ray_job_submit_trains_from_s3_and_registers(
         "--batch-size", "8", "--no-cache-decoded", "--storage-path", f"{s3_bucket}/runs",
         "--run-name", "s3-job",
         "--experiment", "job-test", "--registered-model", "job-tagger", "--alias", "champion",
-        env_vars={"MLFLOW_TRACKING_URI": mlflow_env},
+        env_vars={"MLFLOW_TRACKING_URI": mlflow_env}, submission_id="train-s3",
     )  # fmt: skip
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     assert '"alias": "champion"' in submit.stdout
     loaded = registry.load("models:/job-tagger@champion")
     assert loaded.vocabulary == list(VOCABULARY)
     fs, root = filesystem(f"{s3_bucket}/runs/s3-job")
-    assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(root))
-    # Credentials reached the job through the node's environment, not the command line.
-    assert "AWS_SECRET_ACCESS_KEY" not in " ".join(map(str, submit.args))
+    # Its files, less the 0-byte folder markers that S3 lists as files.
+    written = [path for path, info in fs.find(root, detail=True).items() if info["size"]]
+    assert any("/checkpoint_" in path for path in written)
+    # The submitter held no storage credentials (RayHead.submit), so the job used the node's.
+    # The secret is in nothing Ray recorded of the job (entrypoint, runtime environment,
+    # metadata, logs) and in no file it wrote.
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # s3_bucket's, in this process's environment
+    record = ray_head.job_record("train-s3")
+    assert record["status"] == "SUCCEEDED" and "jobs/train.py" in record["entrypoint"]
+    assert '"alias": "champion"' in record["logs"]
+    assert secret not in json.dumps(record)
+    assert all(secret.encode() not in fs.cat(path) for path in written)
 
 
 def _start_model(folder: Path) -> Path:
