@@ -6,7 +6,9 @@ local Ray. Rerun the same command to resume after a failure: only the rows some 
 folder in --output lacks are decoded.
 """
 
-from raytag.cli import tag_command
+import sys
 
-if __name__ == "__main__":
-    tag_command()
+from raytag.cli import main
+
+if __name__ == "__main__":  # through raytag's group: its errors become one line, as in the CLI
+    main(["tag", *sys.argv[1:]], prog_name="raytag")

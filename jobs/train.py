@@ -4,7 +4,9 @@ The same options as `raytag train --help`. Inside a Ray job, RAY_ADDRESS is set,
 training joins the job's cluster; run directly, it starts a local Ray.
 """
 
-from raytag.cli import train_command
+import sys
 
-if __name__ == "__main__":
-    train_command()
+from raytag.cli import main
+
+if __name__ == "__main__":  # through raytag's group: its errors become one line, as in the CLI
+    main(["train", *sys.argv[1:]], prog_name="raytag")

@@ -12,6 +12,24 @@
 #   MLFLOW_WORKERS                 server workers        (default: 1)
 #   PYTHON                         interpreter with mlflow (default: the repo's .venv, else python3)
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  GenAI job workers (huey); raytag needs none (default: false)
+#
+# Authentication (MLflow's basic-auth app: users, passwords, per-experiment and per-model
+# permissions), off unless MLFLOW_AUTH=basic or MLFLOW_AUTH_CONFIG_PATH is set. Secrets come
+# from the environment or from files (e.g. mounted Secrets), never from arguments:
+#   MLFLOW_AUTH                    basic: switch it on                   (default: off)
+#   MLFLOW_AUTH_CONFIG_PATH        the app's ini (default: $MLFLOW_HOME/basic_auth.ini, written
+#                                  at each start from the three settings below; no secret in it)
+#   MLFLOW_AUTH_DATABASE_URI       its user store    (default: sqlite:///$MLFLOW_HOME/basic_auth.db)
+#   MLFLOW_AUTH_DEFAULT_PERMISSION what every user may do where nobody granted more: READ, EDIT,
+#                                  MANAGE or NO_PERMISSIONS (default: READ)
+#   MLFLOW_AUTH_CACHE_TTL_SECONDS  how long a worker trusts a checked password (default: 60;
+#                                  0 hashes every request's password, at a CPU cost per call)
+#   MLFLOW_AUTH_ADMIN_USERNAME     the admin user, created at the first start (default: admin)
+#   MLFLOW_AUTH_ADMIN_PASSWORD     its password, or MLFLOW_AUTH_ADMIN_PASSWORD_FILE: a file
+#                                  holding it; needed at the first start only
+#   MLFLOW_FLASK_SERVER_SECRET_KEY CSRF key of the sign-up page, or ..._FILE; several servers
+#                                  behind one address share one (default: a random one per start)
+# Clients then need MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (mlflow/README.md).
 set -euo pipefail
 
 home="${MLFLOW_HOME:-$PWD/mlruns-server}"
@@ -40,7 +58,44 @@ if [[ -z "$python" ]]; then
     if [[ -x "$venv_python" ]]; then python="$venv_python"; else python=python3; fi
 fi
 
+# A secret named by NAME_FILE is read into NAME, so it reaches mlflow through its environment.
+secret_from_file() {
+    local file_var="$1_FILE"
+    if [[ -n "${!file_var:-}" ]]; then
+        if [[ ! -r "${!file_var}" ]]; then
+            echo "serve.sh: $file_var: cannot read ${!file_var}" >&2
+            exit 2
+        fi
+        export "$1"="$(<"${!file_var}")"
+    fi
+}
+
+app=()
+if [[ "${MLFLOW_AUTH:-}" == basic || -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+    if [[ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+        export MLFLOW_AUTH_CONFIG_PATH="$home/basic_auth.ini"
+        cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = ${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$home/basic_auth.db}
+admin_username = admin
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
+INI
+    fi
+    secret_from_file MLFLOW_AUTH_ADMIN_PASSWORD
+    secret_from_file MLFLOW_FLASK_SERVER_SECRET_KEY
+    if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+        MLFLOW_FLASK_SERVER_SECRET_KEY="$("$python" -c 'import secrets; print(secrets.token_hex(32))')"
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
+    fi
+    app=(--app-name basic-auth)
+elif [[ -n "${MLFLOW_AUTH:-}" ]]; then
+    echo "serve.sh: MLFLOW_AUTH=$MLFLOW_AUTH: only 'basic' is supported" >&2
+    exit 2
+fi
+
 exec "$python" -m mlflow server \
+    "${app[@]}" \
     --backend-store-uri "$backend" \
     --artifacts-destination "$artifacts" \
     --serve-artifacts \

@@ -28,7 +28,23 @@ def _built(settings: type[S], given: dict[str, Any]) -> S:
         raise click.BadParameter(str(error)) from error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _RaytagGroup(click.Group):
+    """Whichever command meets the MLflow server's refusal (no, wrong or too weak
+    credentials), the user reads one line naming the server and what to set."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from raytag.tracking import access_error
+
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            refused = access_error(error)
+            if refused is None:
+                raise
+            raise click.ClickException(str(refused)) from error
+
+
+@click.group(cls=_RaytagGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raytag")
 def main() -> None:
     """Music audio auto-tagging at catalogue scale, on Ray."""
@@ -423,13 +439,17 @@ def train_command(
     **settings: Any,
 ) -> None:  # fmt: skip
     """Train with Ray Train, evaluate the test split, log to MLflow and register the model."""
-    from raytag.train import TrainConfig, run_training
+    from raytag.manifest import ManifestError
+    from raytag.train import TrainConfig, TrainingError, run_training
 
     config = _built(TrainConfig, settings)
     join(ray_address)
-    summary = run_training(
-        config, experiment=experiment, registered_model=registered_model, alias=alias
-    )
+    try:
+        summary = run_training(
+            config, experiment=experiment, registered_model=registered_model, alias=alias
+        )
+    except (ManifestError, TrainingError) as error:  # what to do next is in the message
+        raise click.ClickException(str(error)) from error
     printed = summary.to_dict()
     del printed["metrics"]  # in MLflow, under evaluation/test
     click.echo(json.dumps(printed, default=str))
@@ -473,7 +493,8 @@ def tag_command(
     join(ray_address)
     try:
         summaries = tag_catalogue(manifest, list(model_uris), output, options)
-    except (ManifestError, TagError, IncompleteRunError) as error:
+    # FileNotFoundError: a --model folder that is not there, or not a raytag model.
+    except (ManifestError, TagError, IncompleteRunError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     for summary in summaries:
         click.echo(summary.line())
@@ -575,10 +596,13 @@ def import_musicnn_command(
 
     from raytag.importers import musicnn
 
-    if wheel is None:
-        wheel = str(musicnn.ensure_wheel(cache_dir))
-    elif Path(wheel).is_file():
-        musicnn.check_wheel(wheel)
+    try:
+        if wheel is None:
+            wheel = str(musicnn.ensure_wheel(cache_dir))
+        elif Path(wheel).is_file():
+            musicnn.check_wheel(wheel)
+    except musicnn.CheckpointError as error:  # not musicnn's wheel
+        raise click.ClickException(str(error)) from error
     if download_only:
         click.echo(wheel)
         return
@@ -587,7 +611,7 @@ def import_musicnn_command(
     with tempfile.TemporaryDirectory(prefix="raytag-musicnn-") as tmp:
         try:
             folders = musicnn.write_model_folders(wheel, out or tmp, keys or ("mtt", "msd"))
-        except musicnn.CheckpointError as error:
+        except (musicnn.CheckpointError, FileNotFoundError) as error:  # no musicnn there
             raise click.ClickException(str(error)) from error
         for folder in folders.values():
             record = {"name": folder.name, "folder": str(folder) if out else None}

@@ -17,8 +17,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from raytag.tracking import Credentials
+
 SERVE_SCRIPT = Path(__file__).resolve().parents[1] / "mlflow" / "serve.sh"
 HOST = "127.0.0.1"
+# serve.sh's authentication settings (and MLflow's own), which only ``admin`` decides here.
+_AUTH_VARS = ("MLFLOW_AUTH", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -74,7 +78,10 @@ class MLflowServer:
 
     ``artifacts`` is a folder (default: ``home/artifacts``) or an ``s3://`` URI; ``env``
     goes to the server process only (that is where storage credentials belong); ``port``
-    None: any free port. A server that :meth:`detach` left running for the same ``home``
+    None: any free port. ``admin``: run MLflow's basic-auth app (users in
+    ``home/basic_auth.db``), whose admin user these credentials create on the first start,
+    through the server's environment; None: no authentication, whatever the caller's
+    environment says. A server that :meth:`detach` left running for the same ``home``
     (noted in ``home/server.json``) is found and used again rather than a second one
     opened on the same sqlite file.
     """
@@ -86,11 +93,13 @@ class MLflowServer:
         port: int | None = None,
         artifacts: str | None = None,
         env: dict[str, str] | None = None,
+        admin: Credentials | None = None,
     ) -> None:
         self.home = home
         self.port = port
         self.artifacts = artifacts or str(home / "artifacts")
         self.env = env or {}
+        self.admin = admin
         self.state = home / "server.json"
         self.log = home / "server.log"
         self.pid: int | None = None
@@ -118,7 +127,8 @@ class MLflowServer:
             raise FileNotFoundError(f"{SERVE_SCRIPT} not found: run from a checkout")
         self.port = self.port or free_port()
         env = {
-            **os.environ,
+            **{key: value for key, value in os.environ.items() if not key.startswith(_AUTH_VARS)},
+            **self._auth_env(),
             **self.env,
             "PYTHON": sys.executable,
             "MLFLOW_HOME": str(self.home),
@@ -136,6 +146,15 @@ class MLflowServer:
             )  # fmt: skip
         self.pid = self.proc.pid
         return self
+
+    def _auth_env(self) -> dict[str, str]:
+        if self.admin is None:
+            return {}
+        return {
+            "MLFLOW_AUTH": "basic",
+            "MLFLOW_AUTH_ADMIN_USERNAME": self.admin.username,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin.password,
+        }
 
     def wait(
         self, timeout: float = 300, progress: Callable[[str], None] | None = None
@@ -181,7 +200,10 @@ class MLflowServer:
     def restart_command(self) -> str:
         script = os.path.relpath(SERVE_SCRIPT)
         script = str(SERVE_SCRIPT) if script.startswith("..") else script
-        return f"MLFLOW_HOME={self.home} MLFLOW_PORT={self.port} {script}, then open {self.uri}"
+        auth = "MLFLOW_AUTH=basic " if self.admin else ""
+        return (
+            f"{auth}MLFLOW_HOME={self.home} MLFLOW_PORT={self.port} {script}, then open {self.uri}"
+        )
 
     def _find_running(self) -> bool:
         try:

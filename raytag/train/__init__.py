@@ -12,11 +12,12 @@ One module per responsibility, each importing only the ones above it:
 from raytag.train.config import InitialModel, TrainConfig, initial_model, read_vocabulary
 from raytag.train.data import build_datasets, manifest_vocabulary
 from raytag.train.loop import train_loop_per_worker
-from raytag.train.run import TrainingResult, best_checkpoint, fit, run_training
+from raytag.train.run import TrainingError, TrainingResult, best_checkpoint, fit, run_training
 
 __all__ = [
     "InitialModel",
     "TrainConfig",
+    "TrainingError",
     "TrainingResult",
     "best_checkpoint",
     "build_datasets",

@@ -83,7 +83,14 @@ class TrainConfig:
         "Keep decoded audio in Ray's object store between epochs; off: every epoch decodes "
         "only the crops it trains on, for catalogues larger than the cluster's memory.",
     )
-    num_workers: int = setting(1, "Ray Train workers.")
+    num_workers: int = setting(
+        1, "Ray Train workers; each trains on its own share of the data (DDP: gradients averaged)."
+    )
+    cpus_per_worker: float | None = setting(
+        None,
+        "CPUs each worker reserves (fractions allowed); the cluster's other CPUs decode the "
+        "data. Default: Ray Train's, 1 on a CPU worker and none beside a GPU.",
+    )
     use_gpu: bool | None = setting(None, "Default: GPUs if the cluster has any.", flag="--gpu")
     mixed_precision: bool = setting(True, "bf16 autocast on GPU workers.")
     # Opt-in: CPUs without bf16 dot products (AVX512-BF16, AMX) likely run it slower, and
@@ -95,11 +102,21 @@ class TrainConfig:
     )
     storage_path: str = setting("runs", "Checkpoints (local or s3://).")
     run_name: str = setting("raytag", "Same name again resumes from its last checkpoint.")
-    max_failures: int = setting(3, "Worker failures to survive.")
+    max_failures: int = setting(
+        3,
+        "Worker failures to survive: each one restarts every worker from the last "
+        "checkpoint; one more ends the run with a TrainingError.",
+    )
     keep_checkpoints: int = setting(
         2, "Checkpoints kept: the best by validation loss (every epoch's metrics stay)."
     )
     seed: int = setting(0, "Seed of the fresh weights, dropout and the shuffle buffer.")
+    record_track_ids: bool = setting(
+        False,
+        "Write the track ids each worker trained on in the epoch into every checkpoint "
+        "(worker_RANK.json), to audit how the data was sharded; the list grows with the "
+        "catalogue.",
+    )
     threshold_rule: str = setting(
         "max_f1",
         "How each tag's decision threshold is chosen on the valid split: max_f1 (its best "
@@ -116,6 +133,13 @@ class TrainConfig:
         from raytag.evaluate.calibration import check_rule
 
         check_rule(self.threshold_rule, self.target_precision)
+        if self.init_from is None:  # else the overrides meet the model it names, once loaded
+            try:
+                with torch.random.fork_rng(devices=[]):  # the caller's RNG does not move
+                    build_model(self.model, n_tags=1, **self.model_overrides)
+            except (TypeError, ValueError) as error:  # an unknown field, a value of no use
+                given = f" with {self.model_overrides}" if self.model_overrides else ""
+                raise ValueError(f"cannot build model {self.model!r}{given}: {error}") from error
 
     def audio(self) -> AudioConfig:
         return AudioConfig(patch_seconds=self.patch_seconds)

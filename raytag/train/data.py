@@ -1,6 +1,9 @@
 """The training data: manifest -> Ray Data decode on CPU (once, cached in the object store,
 or streamed every epoch) -> fresh random patches per track per epoch (train) or fixed ones
-(valid), which ``get_dataset_shard`` hands to the workers."""
+(valid), which ``get_dataset_shard`` hands to the workers, an equal share to each.
+
+Every patch row is ``{"patch", "target", "track_id"}``: the track id travels with the
+patch so that a worker can record which tracks its shard held (``record_track_ids``)."""
 
 from __future__ import annotations
 
@@ -40,30 +43,41 @@ def read_split(manifest: str, split: str) -> ray.data.Dataset:
 
 class DecodeLabelled:
     """Decode whole tracks and turn tag lists into multi-hot targets; undecodable tracks
-    are dropped from training with a warning (the tagging job is what accounts for them)."""
+    are dropped from training with a warning (the tagging job is what accounts for them),
+    but storage that does not answer fails the work rather than thinning the epoch.
+    Rows: ``{"waveform", "target", "track_id"}``."""
 
     def __init__(self, vocabulary: list[str], audio: AudioConfig) -> None:
         self.index = {tag: i for i, tag in enumerate(vocabulary)}
         self.audio = audio
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        decoded, targets = [], []
+        decoded, targets, track_ids = [], [], []
         for uri, tags, track_id in zip(batch["uri"], batch["tags"], batch["track_id"], strict=True):
             try:
                 decoded.append(self.decode(uri))
             except AudioError as error:
+                if storage.unreachable(error):  # the storage's fault, not the track's
+                    raise
                 log.warning("skipping %s in training: %s (%s)", track_id, error.code, error.message)
                 continue
             target = np.zeros(len(self.index), dtype=np.float32)
             target[[self.index[t] for t in tags if t in self.index]] = 1.0
             targets.append(target)
-        return self.rows(decoded, targets)
+            track_ids.append(track_id)
+        return self.rows(decoded, targets, track_ids)
 
     def decode(self, uri: str) -> np.ndarray:
         return decode_track(uri, self.audio)
 
-    def rows(self, decoded: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
-        return {"waveform": _ragged(decoded), "target": np.asarray(targets, np.float32)}
+    def rows(
+        self, decoded: list[np.ndarray], targets: list[np.ndarray], track_ids: list[str]
+    ) -> dict[str, Any]:
+        return {
+            "waveform": _ragged(decoded),
+            "target": np.asarray(targets, np.float32),
+            "track_id": np.asarray(track_ids, dtype=object),
+        }
 
 
 class DecodeLabelledPatches(DecodeLabelled):
@@ -84,16 +98,21 @@ class DecodeLabelledPatches(DecodeLabelled):
             return decode_random_patches(uri, self.audio, self.per_track, rng).patches
         return decode_patches(uri, replace(self.audio, max_patches=self.per_track)).patches
 
-    def rows(self, decoded: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
+    def rows(
+        self, decoded: list[np.ndarray], targets: list[np.ndarray], track_ids: list[str]
+    ) -> dict[str, Any]:
         if not decoded:
             width = self.audio.patch_samples
             return {
                 "patch": np.zeros((0, width), np.float32),
                 "target": np.zeros((0, len(self.index)), np.float32),
+                "track_id": np.zeros(0, dtype=object),
             }
+        counts = [len(p) for p in decoded]
         return {
             "patch": np.concatenate(decoded),
-            "target": np.repeat(np.asarray(targets, np.float32), [len(p) for p in decoded], axis=0),
+            "target": np.repeat(np.asarray(targets, np.float32), counts, axis=0),
+            "track_id": np.repeat(np.asarray(track_ids, dtype=object), counts),
         }
 
 
@@ -118,6 +137,7 @@ class RandomPatches:
         return {
             "patch": np.concatenate(crops),
             "target": np.repeat(batch["target"], self.per_track, axis=0),
+            "track_id": np.repeat(batch["track_id"], self.per_track),
         }
 
 
@@ -129,12 +149,19 @@ class FixedPatches:
         self.per_track = per_track
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        patches, targets = [], []
-        for waveform, target in zip(batch["waveform"], batch["target"], strict=True):
+        patches, targets, track_ids = [], [], []
+        for waveform, target, track_id in zip(
+            batch["waveform"], batch["target"], batch["track_id"], strict=True
+        ):
             track_patches = split_patches(waveform, self.patch_samples, self.per_track)
             patches.extend(track_patches)
             targets.extend([target] * len(track_patches))
-        return {"patch": np.stack(patches), "target": np.stack(targets)}
+            track_ids.extend([track_id] * len(track_patches))
+        return {
+            "patch": np.stack(patches),
+            "target": np.stack(targets),
+            "track_id": np.asarray(track_ids, dtype=object),
+        }
 
 
 def build_datasets(

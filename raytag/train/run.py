@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import train
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+    WorkerGroupError,
+)
 from ray.train.torch import TorchTrainer
 
 from raytag import storage
@@ -25,6 +33,12 @@ if TYPE_CHECKING:
     from raytag.evaluate import Evaluation
 
 
+class TrainingError(RuntimeError):
+    """Ray Train gave up on a run: its workers failed more often than ``max_failures``
+    allows, or its controller failed. The run's checkpoints stay; the same run name
+    resumes from the last one."""
+
+
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -32,7 +46,9 @@ def cluster_has_gpus() -> bool:
 def fit(
     config: TrainConfig, mlflow_tracking_uri: str | None = None, mlflow_run_id: str | None = None
 ) -> train.Result:
-    """Run (or resume, when ``run_name`` already has checkpoints) a Ray Train fit."""
+    """Run (or resume, when ``run_name`` already has checkpoints) a Ray Train fit.
+
+    Raises :class:`TrainingError` when Ray Train gives up on the run."""
     vocabulary = list(config.vocabulary or manifest_vocabulary(config.manifest))
     use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
     storage_fs, storage_path = _run_storage(config.storage_path)
@@ -46,7 +62,13 @@ def fit(
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         },
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=(
+                None if config.cpus_per_worker is None else {"CPU": config.cpus_per_worker}
+            ),  # with use_gpu, Ray Train adds a GPU to it
+        ),
         run_config=RunConfig(
             name=config.run_name,
             storage_path=storage_path,
@@ -61,7 +83,47 @@ def fit(
         ),
         datasets=build_datasets(config, vocabulary, start.audio),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except TrainingFailedError as error:
+        raise TrainingError(_failure_message(config, error)) from error
+
+
+def _failure_message(config: TrainConfig, error: TrainingFailedError) -> str:
+    """What failed, in a few lines rather than Ray's tracebacks (chained below), and what
+    to do next."""
+    failures = [error, *getattr(error, "worker_failures", {}).values()]
+    unreachable = next(filter(None, map(storage.unreachable, failures)), None)
+    if unreachable is not None:  # no worker's fault: more max_failures would not help
+        return (
+            f"training run {config.run_name!r} stopped: object storage "
+            f"({storage.s3_endpoint() or 'AWS S3'}) stopped answering, after "
+            f"{storage.s3_max_attempts()} attempts per request (AWS_MAX_ATTEMPTS): "
+            f"{unreachable}. Its checkpoints stay in {config.storage_path}/{config.run_name}: "
+            "once the storage answers, run it again with the same --run-name to resume from "
+            "the last one."
+        )
+    if isinstance(error, WorkerGroupError):
+        ranks = "; ".join(
+            f"rank {rank}: {_first_line(failure)}"
+            for rank, failure in sorted(error.worker_failures.items())
+        )
+        what = (
+            f"its workers failed {config.max_failures + 1} time(s), more than max_failures="
+            f"{config.max_failures} allows; the last failure: {ranks}"
+        )
+    else:
+        what = _first_line(error)
+    return (
+        f"training run {config.run_name!r} stopped: {what}. Its checkpoints stay in "
+        f"{config.storage_path}/{config.run_name}: run it again with the same --run-name to "
+        "resume from the last one, and raise --max-failures to survive more worker losses."
+    )
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines[0] if lines else '')[:limit]}"
 
 
 def _run_storage(storage_path: str):
@@ -118,7 +180,12 @@ def run_training(
 
     from raytag import registry
     from raytag.evaluate import calibrate_split, evaluate_model, log_calibration, log_evaluation
+    from raytag.tracking import check_access, check_ray_workers
 
+    # Refused credentials fail here, in one line: this process's, then a Ray worker's (the
+    # environment rank 0 logs each epoch's metrics with).
+    check_access()
+    check_ray_workers(mlflow.get_tracking_uri())
     mlflow.set_experiment(experiment)
     # A resumed fit logs into the MLflow run of its earlier attempt.
     earlier = registry.find_runs(experiment, config.run_name)
@@ -127,9 +194,7 @@ def run_training(
         if run_id is None:
             mlflow.set_tag(registry.RUN_NAME_TAG, config.run_name)
             registry.log_config(asdict(config))
-        result = fit(config, mlflow.get_tracking_uri(), run.info.run_id)
-        if result.error:
-            raise RuntimeError(f"training failed: {result.error}") from result.error
+        result = fit(config, mlflow.get_tracking_uri(), run.info.run_id)  # TrainingError
         with best_checkpoint(result).as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
             loaded = load_model(folder)
             calibration = calibrate_split(
