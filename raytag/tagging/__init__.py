@@ -11,7 +11,7 @@ One module per responsibility, each importing only the ones below it:
 """
 
 from raytag.tagging.options import TagOptions
-from raytag.tagging.output import TagError
+from raytag.tagging.output import StorageUnreachableError, TagError
 from raytag.tagging.pipeline import tag_catalogue
 from raytag.tagging.reconcile import IncompleteRunError, VerifyReport, verify
 from raytag.tagging.record import RunSummary
@@ -19,6 +19,7 @@ from raytag.tagging.record import RunSummary
 __all__ = [
     "IncompleteRunError",
     "RunSummary",
+    "StorageUnreachableError",
     "TagError",
     "TagOptions",
     "VerifyReport",

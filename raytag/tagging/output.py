@@ -87,6 +87,11 @@ class TagError(RuntimeError):
     """The run cannot start or resume as asked (e.g. the output holds another model's run)."""
 
 
+class StorageUnreachableError(TagError):
+    """Object storage stopped answering during a run, even after the S3 clients' retries
+    (:mod:`raytag.storage`). What was written stays; the same command run again resumes."""
+
+
 def model_output(output: str, name: str, version: str) -> str:
     """The folder of one model's outputs under a run's ``output``: ``NAME-vVERSION``, with
     any character a path or an object key would trip on replaced by ``_``."""

@@ -34,12 +34,14 @@ import ray
 import ray.data
 
 from raytag.config import AudioConfig
-from raytag.manifest import open_manifest
+from raytag.manifest import ManifestError, open_manifest
+from raytag.storage import s3_endpoint, s3_max_attempts, unreachable
 from raytag.tagging.options import DECODE_ROLE, ROLE_LABEL, TagOptions
 from raytag.tagging.output import (
     FROM_FILE,
     FROM_MODEL,
     NO_THRESHOLDS,
+    StorageUnreachableError,
     TagError,
     carried_columns,
     model_output,
@@ -89,9 +91,28 @@ def tag_catalogue(
     for it, else its own; a model with neither writes null ``tags`` (no thresholds are
     made up). Raises ManifestError or TagError before any work, IncompleteRunError at the
     end when a model's output misses a row, holds one twice or holds tags its scores and
-    thresholds do not give.
+    thresholds do not give, and StorageUnreachableError (a TagError) when object storage
+    stops answering mid-run even after the S3 clients' retries.
     """
-    options = options or TagOptions()
+    try:
+        return _tag_catalogue(manifest_uri, model_uris, output, options or TagOptions())
+    except (ManifestError, TagError):
+        raise
+    except Exception as error:
+        reason = unreachable(error)
+        if reason is None:
+            raise
+        raise StorageUnreachableError(
+            f"object storage ({s3_endpoint() or 'AWS S3'}) stopped answering while tagging "
+            f"{manifest_uri} into {output}, after {s3_max_attempts()} attempts per request "
+            f"(AWS_MAX_ATTEMPTS): {reason}. What was written stays: once the storage answers, "
+            "run the same command again and it resumes where this run stopped."
+        ) from error
+
+
+def _tag_catalogue(
+    manifest_uri: str, model_uris: Sequence[str], output: str, options: TagOptions
+) -> list[RunSummary]:
     started = time.time()
     manifest = open_manifest(manifest_uri)
     manifest = manifest.select(carried_columns(manifest, options.passthrough))

@@ -29,7 +29,7 @@ from ray.data.datasource import Datasink, WriteResult
 
 from raytag.config import AudioConfig
 from raytag.manifest import URI
-from raytag.storage import join
+from raytag.storage import join, unreachable
 from raytag.tagging.options import TagOptions
 from raytag.tagging.output import (
     DURATION,
@@ -87,7 +87,8 @@ def decode_batch(
     batch: pa.Table, policies: tuple[AudioConfig, ...], pcm16: bool = True
 ) -> pa.Table:
     """Decode each track once and cut it into each policy's patches, on CPU; an unreadable
-    file becomes the row's error, not a failure.
+    file becomes the row's error, not a failure. Storage that does not answer is no fault
+    of the row's: it fails the task (a rerun tags the row), never making an error row.
 
     Adds ``duration_s``, per policy the patches (16-bit PCM and a scale with ``pcm16``,
     else float32) and their count, and where and for how many CPU-seconds each row was
@@ -108,6 +109,8 @@ def decode_batch(
             try:
                 tracks = decode_policies(uri, policies)
             except AudioError as error:
+                if unreachable(error):  # the storage's fault, not the file's: the run stops
+                    raise
                 codes[row], messages[row] = str(error.code), error.message
             cpu_s.append(time.thread_time() - began)
         else:
