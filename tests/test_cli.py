@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from raytag.catalogue import VOCABULARY
+from raytag.checkpoint import save_model
 from raytag.cli import main, tag_command, train_command
+from raytag.config import AudioConfig
+from raytag.models import build_model
 from raytag.settings import (
     SettingsCommand,
     add_arguments,
@@ -37,6 +42,13 @@ SINGULARITY = Path("/usr/share/games/singularity/music")
 def raytag(*args: str) -> subprocess.CompletedProcess[str]:
     script = shutil.which("raytag") or str(Path(sys.executable).parent / "raytag")
     return subprocess.run([script, *args], capture_output=True, text=True, timeout=120)
+
+
+def exits(result: Result, code: int, message: str) -> None:
+    """The command ended with ``code``, saying ``message``: an error it reports, not an
+    exception it let through (which CliRunner reports as exit code 1 too)."""
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == code and message in result.output, result.output
 
 
 def test_help_lists_commands() -> None:
@@ -224,3 +236,75 @@ def test_every_ray_command_joins_the_cluster_the_same_way() -> None:
     }
     assert len(shared) == 3
     assert len({(p.opts[0], p.envvar, p.help) for p in shared.values()}) == 1
+
+
+# -- error exits: 2 for what parsing refuses, 1 for what the command finds wrong -------------
+
+
+def test_tag_exits_with_a_message_on_bad_options_and_missing_inputs(
+    tmp_path: Path, ray_local: str
+) -> None:
+    """Bad options are refused while parsing; a manifest or a model that is not there is
+    reported before anything is written."""
+    manifest, output = tmp_path / "manifest.parquet", tmp_path / "tags"
+    pq.write_table(pa.table({"track_id": ["a"], "uri": [str(tmp_path / "a.wav")]}), manifest)
+    tiny = build_model("waveform-small", n_tags=2)
+    model = save_model(tmp_path / "model", tiny, ["x", "y"], AudioConfig(), name="tiny")
+
+    def tag(*args: str | Path, manifest: Path = manifest, model: Path = model) -> Result:
+        line = ["tag", "--manifest", manifest, "--model", model, "--output", output, *args]
+        return CliRunner().invoke(main, [str(arg) for arg in line])
+
+    no_model = CliRunner().invoke(main, ["tag", "--manifest", str(manifest), "--output", "o"])
+    exits(no_model, 2, "Missing option '--model'")
+    exits(tag("--actors", "0"), 2, "Invalid value: actors must be None (automatic) or >= 1")
+    exits(tag("--decode-on", "gpu-nodes"), 2, "decode_on must be one of auto, decode-nodes")
+    exits(tag("--max-patches", "some"), 2, "'some' is not a valid integer")
+    missing = tmp_path / "nowhere.parquet"
+    exits(tag(manifest=missing), 1, f"Error: manifest {missing} not found")
+    no_folder = tmp_path / "no-model"
+    exits(tag(model=no_folder), 1, f"Error: {no_folder} is not a raytag model folder")
+    assert not output.exists()
+
+
+def test_import_musicnn_exits_with_a_message_on_a_bad_source_or_name(tmp_path: Path) -> None:
+    """Neither MLflow nor the network is reached: each source is refused first."""
+    impostor = tmp_path / "musicnn-0.1.0-py3-none-any.whl"
+    impostor.write_bytes(b"not musicnn's wheel")
+    empty, kept = tmp_path / "empty", tmp_path / "models"
+    empty.mkdir()
+
+    def import_musicnn(*args: str | Path) -> Result:
+        line = ["import", "musicnn", *args, "--no-register", "--out", kept]
+        return CliRunner().invoke(main, [str(arg) for arg in line])
+
+    gone = tmp_path / "gone.whl"
+    exits(import_musicnn("--wheel", impostor), 1, f"Error: {impostor}: SHA-256 ")
+    exits(import_musicnn("--wheel", empty), 1, f"Error: {empty}: no musicnn wheel or package here")
+    exits(import_musicnn("--wheel", gone), 2, f"'--wheel': Path '{gone}' does not exist")
+    unknown = import_musicnn("--wheel", empty, "--model", "mxx")
+    exits(unknown, 2, "Invalid value for '--model': 'mxx' is not one of 'mtt', 'msd'")
+    no_out = CliRunner().invoke(main, ["import", "musicnn", "--wheel", str(empty), "--no-register"])
+    exits(no_out, 2, "--no-register needs --out to keep the model folders")
+    assert not kept.exists()
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("colour=1", "with {'colour': 1}: SpectrogramConfig.__init__() got an unexpected keyword"),
+        ("dropout=high", "cannot build model 'spectrogram-small' with {'dropout': 'high'}: "),
+        ("dropout", "Invalid value for --set: 'dropout' is not key=value"),
+    ],
+    ids=["unknown", "badly-typed", "no-value"],
+)
+def test_train_refuses_a_model_setting_it_cannot_build_before_any_work(
+    pair: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in --set is a usage error, before MLflow or Ray is reached."""
+    tracking = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking}")
+    runs = tmp_path / "runs"
+    line = ["train", "--manifest", "m.parquet", "--storage-path", str(runs), "--set", pair]
+    exits(CliRunner().invoke(main, line), 2, message)
+    assert not tracking.exists() and not runs.exists()

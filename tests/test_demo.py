@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -105,10 +106,24 @@ def test_demo_end_to_end_then_a_challenger_then_a_run_that_reuses_everything(
         metrics = model.metrics
         assert [row.tag for row in metrics.per_tag] == list(VOCABULARY)
         assert all(isinstance(row, TagMetrics) for row in metrics.per_tag)
-        for value in (metrics.macro_roc_auc, metrics.macro_pr_auc):
-            assert value is None or 0.0 <= value <= 1.0
+        # A tag has no AUCs exactly where the test split lacks its positives or its
+        # negatives, and then says which; the others' are numbers, the macro their means.
+        labelled = pq.read_table(first.catalogue.manifest, columns=["tags", "split"]).to_pylist()
+        test_tags = [set(row["tags"]) for row in labelled if row["split"] == "test"]
+        assert metrics.n_tracks == len(test_tags) == first.catalogue.splits["test"]
+        one_class = {0: "no positive tracks", len(test_tags): "no negative tracks"}
         for row in metrics.per_tag:
-            assert (row.roc_auc is None) == (row.reason is not None)
+            positives = sum(row.tag in tags for tags in test_tags)
+            assert (row.n_positive, row.n_negative) == (positives, len(test_tags) - positives)
+            if positives in one_class:
+                assert (row.roc_auc, row.pr_auc, row.reason) == (None, None, one_class[positives])
+            else:
+                assert row.reason is None, row
+                assert 0.0 <= row.roc_auc <= 1.0 and 0.0 < row.pr_auc <= 1.0, row
+        scored = [row for row in metrics.per_tag if row.reason is None]
+        assert scored, "seed 0's test split has tags with positives and negatives"
+        assert metrics.macro_roc_auc == pytest.approx(np.mean([row.roc_auc for row in scored]))
+        assert metrics.macro_pr_auc == pytest.approx(np.mean([row.pr_auc for row in scored]))
         plots = sorted(p.name for p in (workdir / "report/evaluation/test").glob("*.png"))
         assert len(plots) == 4, plots
 
@@ -118,9 +133,8 @@ def test_demo_end_to_end_then_a_challenger_then_a_run_that_reuses_everything(
         champion = client.get_model_version_by_alias(REGISTERED_MODEL, ALIAS)
         assert champion.version == model.version
         assert client.get_run(champion.run_id).data.tags[FINGERPRINT_TAG]
-        assert "test_macro_roc_auc" in client.get_run(champion.run_id).data.metrics or (
-            metrics.macro_roc_auc is None
-        )
+        logged = client.get_run(champion.run_id).data.metrics
+        assert logged["test_macro_roc_auc"] == pytest.approx(metrics.macro_roc_auc)
         assert first.comparison is None  # the first version: nothing to compare with
         assert champion.tags["raytag.promotion.replaced"] == "none"
         pretrained = first.pretrained

@@ -184,6 +184,13 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"manifest": str(manifest), "model": str(plain), "calibrated": str(calibrated)}
 
 
+def pairwise_roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC by its definition: the share of (positive, negative) pairs that the scores
+    rank right, ties counting half."""
+    positives, negatives = scores[truth > 0], scores[truth == 0]
+    return float(np.mean([(p > n) + 0.5 * (p == n) for p in positives for n in negatives]))
+
+
 def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path: Path) -> None:
     model = build_model("spectrogram-small", n_tags=len(VOCABULARY)).eval()
     loaded = LoadedModel(model, VOCABULARY, AudioConfig(max_patches=1), "untrained", "0")
@@ -195,7 +202,14 @@ def test_evaluate_model_on_a_manifest_split(catalogue: dict[str, str], tmp_path:
     assert (tone.n_positive, tone.n_negative) == (2, 1)
     assert (noise.n_positive, noise.n_negative) == (2, 1)
     assert never.roc_auc is None and never.reason == "no positive tracks"
-    assert 0.0 <= metrics.macro_roc_auc <= 1.0
+    # The AUCs are those of the tracks' scores, by the definition; the macro figure is
+    # the mean over the tags that have one.
+    scores = score_tracks(loaded, catalogue["manifest"], split="test")
+    assert scores.track_ids == ["sine-a", "noise-b", "both-c"]
+    for column, row in enumerate((tone, noise)):
+        expected = pairwise_roc_auc(scores.y_true[:, column], scores.y_score[:, column])
+        assert row.roc_auc == pytest.approx(expected), row.tag
+    assert metrics.macro_roc_auc == pytest.approx((tone.roc_auc + noise.roc_auc) / 2)
     assert [e["track_id"] for e in metrics.errors] == ["empty-d"]
     assert metrics.errors[0]["error_code"] == "empty"
     assert metrics.unknown_tags == ("not-in-vocabulary",)
