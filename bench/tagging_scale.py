@@ -2,12 +2,21 @@
 
 Tags manifests of N short clips (N = 10,000 and 100,000 by default) end to end, each in a
 fresh driver process on a fresh local Ray, and records the driver's peak RSS, the time to
-the first output file, wall time and throughput. The model is the spectrogram preset shrunk
+the first output file, wall time, throughput, the time spent planning (pairing the manifest
+with the output) and verifying, and the number of output files. ``--plan-only`` sizes run
+only the planning of a fresh run (open the manifest, pair it with an empty output), for
+sizes too big to tag here. ``--rerun-at N`` reruns `raytag tag` on an N-row manifest whose
+output is already complete: the largest tagged run's prediction files copied N / rows
+times with the track_ids shifted (row i and row i + rows point at the same clip, so each
+copy holds exactly the rows a real run writes), which measures planning and verifying N
+rows in the driver without tagging them. The model is the spectrogram preset shrunk
 to almost nothing (this measures the pipeline and the driver, not the network), and the
 rows point at a handful of real short audio files, decoded every time as usual.
 
     .venv/bin/python bench/tagging_scale.py                 # 10k and 100k rows
     .venv/bin/python bench/tagging_scale.py --rows 2000 20000
+    .venv/bin/python bench/tagging_scale.py --rows 100000 --plan-only 100000 1000000 \
+        --rerun-at 100000 1000000
 
 Results: bench/results/tagging_scale.json; summary in docs/benchmarks.md.
 """
@@ -17,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -87,6 +95,8 @@ def run_one(manifest: str, model: str, output: str, decode_batch_size: int) -> d
     wall = time.monotonic() - started
     ray.shutdown()
     attempt = summary.record["attempts"][-1]
+    files = {side: len(list(Path(summary.record["output"]).glob(f"{side}/*.parquet")))
+             for side in ("predictions", "errors")}  # fmt: skip
     return {
         "verified_rows": summary.report.manifest_rows,
         "predictions": attempt["predictions"],
@@ -94,29 +104,107 @@ def run_one(manifest: str, model: str, output: str, decode_batch_size: int) -> d
         "wall_s": round(wall, 1),
         "time_to_first_output_s": round(first_output[0], 1) if first_output else None,
         "tracks_per_s": round(attempt["predictions"] / wall, 1),
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_rss_mb": peak_rss_mb(),
         "exactly_once": summary.report.ok,
+        "phases_s": attempt["phases_s"],
+        "output_files": files,
+        "rows_per_file": options.rows_per_file,
+        "executions": executions(attempt),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started (VmHWM). Not getrusage's
+    ru_maxrss: Linux carries that across exec, so a child would report its parent's peak
+    (the parent builds the big manifests)."""
+    status = Path("/proc/self/status").read_text()
+    [kb] = [line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")]
+    return round(int(kb) / 1024, 1)
+
+
+def executions(attempt: dict) -> int:
+    """Ray Data executions the attempt ran (none when nothing was pending)."""
+    rows = attempt["predictions"] + attempt["errors"]
+    return -(-rows // attempt["options"]["rows_per_execution"]) if rows else 0
+
+
+def complete_output(tagged: Path, tagged_rows: int, rows: int, output: Path) -> None:
+    """``output`` as a finished run over ``rows`` rows, from the finished run ``tagged``
+    over the first ``tagged_rows`` of the same manifest (``make_inputs``)."""
+    if rows % tagged_rows or tagged_rows % N_CLIPS:
+        raise SystemExit(f"--rerun-at {rows} needs a multiple of a tagged size ({tagged_rows})")
+    subprocess.run(["rm", "-rf", str(output)], check=True)
+    [source] = tagged.glob("*/predictions")
+    target = output / source.parent.name
+    (target / "predictions").mkdir(parents=True)
+    for name in ("vocabulary.json", "thresholds.json"):
+        (target / name).write_bytes((source.parent / name).read_bytes())
+    for copy in range(rows // tagged_rows):
+        for file in sorted(source.glob("*.parquet")):
+            table = pq.read_table(file)
+            shifted = [f"t{int(t[1:]) + copy * tagged_rows:08d}"
+                       for t in table["track_id"].to_pylist()]  # fmt: skip
+            index = table.schema.get_field_index("track_id")
+            table = table.set_column(index, "track_id", pa.array(shifted, pa.string()))
+            pq.write_table(table, target / "predictions" / f"copy{copy:03d}-{file.name}")
+
+
+def plan_one(manifest: str, output: str) -> dict:
+    """Runs in a child process: only a fresh run's planning, as tag_catalogue does it."""
+    import ray
+
+    from raytag.manifest import open_manifest
+    from raytag.tagging.reconcile import pending_rows
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)  # fmt: skip
+    started = time.monotonic()
+    _, pending = pending_rows(open_manifest(manifest), [output])
+    plan_s = time.monotonic() - started
+    ray.shutdown()
+    return {
+        "pending_rows": pending,
+        "plan_s": round(plan_s, 1),
+        "driver_peak_rss_mb": peak_rss_mb(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--plan-only", type=int, nargs="*", default=[],
+                        help="manifest sizes whose planning alone is measured")  # fmt: skip
+    parser.add_argument("--rerun-at", type=int, nargs="*", default=[],
+                        help="sizes rerun over a complete output (plan + verify)")  # fmt: skip
+    parser.add_argument("--runs-from", type=Path,
+                        help="the --rows runs of an earlier invocation (its printed JSON "
+                        "lines; their outputs still in bench/data/scale)")  # fmt: skip
     parser.add_argument("--clip-seconds", type=float, default=1.5)
     parser.add_argument("--decode-batch-size", type=int, default=TagOptions().decode_batch_size)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=4, metavar=("MANIFEST", "MODEL", "OUTPUT", "BATCH"),
                         help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--plan-child", nargs=2, metavar=("MANIFEST", "OUTPUT"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child[:3], int(args.child[3]))))
+        return
+    if args.plan_child:
+        print(json.dumps(plan_one(*args.plan_child)))
         return
     record = {
         **new_record("tagging_scale", __file__, sys.argv[1:]),
         "decode_batch_size": args.decode_batch_size,
         "runs": [],
+        "plan_only": [],
+        "rerun_complete": [],
     }
-    for rows in args.rows:
+    if args.runs_from:
+        lines = args.runs_from.read_text().splitlines()
+        record["runs"] = [json.loads(line) for line in lines if '"verified_rows"' in line]
+        args.rows = [run["manifest_rows"] for run in record["runs"]]
+    for rows in [] if args.runs_from else args.rows:
         manifest, model = make_inputs(rows, args.clip_seconds)
         output = DATA / f"out-{rows}"
         subprocess.run(["rm", "-rf", str(output)], check=True)
@@ -128,6 +216,29 @@ def main() -> None:
         result = {"manifest_rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
         print(json.dumps(result), flush=True)
         record["runs"].append(result)
+    for rows in args.plan_only:
+        manifest, model = make_inputs(rows, args.clip_seconds)
+        output = DATA / f"plan-{rows}"
+        subprocess.run(["rm", "-rf", str(output)], check=True)
+        child = subprocess.run([sys.executable, __file__, "--plan-child", manifest, str(output)],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        result = {"manifest_rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
+        print(json.dumps(result), flush=True)
+        record["plan_only"].append(result)
+    tagged = max(args.rows)
+    for rows in args.rerun_at:
+        manifest, model = make_inputs(rows, args.clip_seconds)
+        output = DATA / f"complete-{rows}"
+        complete_output(DATA / f"out-{tagged}", tagged, rows, output)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", manifest, model, str(output),
+             str(args.decode_batch_size)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = {"manifest_rows": rows, "copied_from_rows": tagged,
+                  **json.loads(child.stdout.strip().splitlines()[-1])}  # fmt: skip
+        print(json.dumps(result), flush=True)
+        record["rerun_complete"].append(result)
     base = record["runs"][0]["driver_peak_rss_mb"]
     record["driver_rss_growth"] = [round(r["driver_peak_rss_mb"] / base, 3) for r in record["runs"]]
     save(record, args.results)
