@@ -58,20 +58,34 @@ def check_access(tracking_uri: str | None = None) -> None:
         raise refused from None
 
 
-def check_ray_workers(tracking_uri: str) -> None:
-    """The same check from a Ray worker, whose environment (its node's) is what rank 0 of
-    a Ray Train run logs with; before the fit, so a node without the credentials fails the
-    run at once instead of after every retry of its workers."""
+def check_ray_workers(tracking_uri: str, resource: str = "CPU") -> None:
+    """The same check on every live node with ``resource`` (the nodes Ray Train can place
+    workers on, GPU for a GPU fit), in that node's environment, which rank 0 logs each
+    epoch's metrics with; before the fit, so a node without the credentials fails the run
+    at once instead of after every retry of its workers. A node an autoscaler adds later
+    is checked by rank 0's first log there."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not _is_server(tracking_uri):
         return
-    problem = ray.get(ray.remote(num_cpus=0)(_access_problem).remote(tracking_uri))
-    if problem is not None:
-        raise TrackingAccessError(
-            f"in a Ray worker (rank 0 of training logs from one): {problem}; a worker has "
-            "its node's environment, so set them where the nodes start (mlflow/README.md)"
-        )
+    nodes = [
+        node for node in ray.nodes() if node["Alive"] and node["Resources"].get(resource, 0) > 0
+    ]
+    check = ray.remote(num_cpus=0)(_access_problem)
+    problems = ray.get([
+        check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(tracking_uri)
+        for node in nodes
+    ])  # fmt: skip
+    for node, problem in zip(nodes, problems, strict=True):
+        if problem is not None:
+            raise TrackingAccessError(
+                f"in a Ray worker on node {node['NodeManagerAddress']} (training workers run "
+                f"there; rank 0 logs from one): {problem}; a worker has its node's "
+                "environment, so set them where the nodes start (mlflow/README.md)"
+            )
 
 
 def _is_server(tracking_uri: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from click.testing import CliRunner, Result
 from mlflow.server import get_app_client
 
@@ -253,7 +255,10 @@ def test_training_refuses_to_start_when_the_ray_workers_lack_credentials(
     do not: rank 0 could not log, so the run fails before it starts, saying where."""
     _sign_in(monkeypatch, auth_server, TRAINER)
     config = TrainConfig(manifest=small_manifest, storage_path=str(tmp_path / "runs"), epochs=1)
-    with pytest.raises(TrackingAccessError, match="in a Ray worker .*MLFLOW_TRACKING_USERNAME"):
+    (node,) = ray.nodes()  # the one node of ray_local, as Ray names it
+    where = re.escape(node["NodeManagerAddress"])
+    refused = rf"in a Ray worker on node {where} .*MLFLOW_TRACKING_USERNAME"
+    with pytest.raises(TrackingAccessError, match=refused):
         run_training(config, experiment="auth-no-workers")
     assert mlflow.MlflowClient().get_experiment_by_name("auth-no-workers") is None
     assert not (tmp_path / "runs").exists()

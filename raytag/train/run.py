@@ -39,7 +39,10 @@ class TrainingError(RuntimeError):
     resumes from the last one."""
 
 
-def cluster_has_gpus() -> bool:
+def uses_gpu(config: TrainConfig) -> bool:
+    """Whether the fit's workers take a GPU each: as configured, else when the cluster has any."""
+    if config.use_gpu is not None:
+        return config.use_gpu
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
@@ -50,7 +53,7 @@ def fit(
 
     Raises :class:`TrainingError` when Ray Train gives up on the run."""
     vocabulary = list(config.vocabulary or manifest_vocabulary(config.manifest))
-    use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    use_gpu = uses_gpu(config)
     storage_fs, storage_path = _run_storage(config.storage_path)
     start = initial_model(config, vocabulary)
     trainer = TorchTrainer(
@@ -182,10 +185,10 @@ def run_training(
     from raytag.evaluate import calibrate_split, evaluate_model, log_calibration, log_evaluation
     from raytag.tracking import check_access, check_ray_workers
 
-    # Refused credentials fail here, in one line: this process's, then a Ray worker's (the
-    # environment rank 0 logs each epoch's metrics with).
+    # Refused credentials fail here, in one line: this process's, then those of each node a
+    # training worker may run on (the environment rank 0 logs each epoch's metrics with).
     check_access()
-    check_ray_workers(mlflow.get_tracking_uri())
+    check_ray_workers(mlflow.get_tracking_uri(), "GPU" if uses_gpu(config) else "CPU")
     mlflow.set_experiment(experiment)
     # A resumed fit logs into the MLflow run of its earlier attempt.
     earlier = registry.find_runs(experiment, config.run_name)
