@@ -49,6 +49,19 @@ def setting(
     return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
 
 
+def require_at_least(settings: Any, minimum: float, *names: str, optional: bool = False) -> None:
+    """Raises ValueError for the first field of ``names`` below ``minimum``; with
+    ``optional``, None (automatic) passes. Called from a settings class's
+    ``__post_init__``, so a value of no use fails as a usage error before any work."""
+    for name in names:
+        value = getattr(settings, name)
+        if optional and value is None:
+            continue
+        if value < minimum:
+            automatic = "None (automatic) or " if optional else ""
+            raise ValueError(f"{name} must be {automatic}>= {minimum} (got {value})")
+
+
 def none_if_zero(value: int | None) -> int | None:
     """For an option whose 0 on the command line stands for the field's None."""
     return value or None

@@ -308,3 +308,47 @@ def test_train_refuses_a_model_setting_it_cannot_build_before_any_work(
     line = ["train", "--manifest", "m.parquet", "--storage-path", str(runs), "--set", pair]
     exits(CliRunner().invoke(main, line), 2, message)
     assert not tracking.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--epochs", "0"), "epochs must be >= 1 (got 0)"),
+        (("--num-workers", "0"), "num_workers must be >= 1 (got 0)"),
+        (("--learning-rate", "0"), "learning_rate must be > 0 (got 0.0)"),
+        (("--lr-decay-factor", "1"), "lr_decay_factor must be in (0, 1) (got 1.0)"),
+        (("--max-failures", "-2"), "max_failures must be >= -1 (got -2)"),
+    ],
+    ids=["epochs", "workers", "learning-rate", "decay", "max-failures"],
+)
+def test_train_refuses_a_value_of_no_use_before_any_work(
+    option: tuple[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that could only fail later (no epoch, so no checkpoint) is a usage error."""
+    tracking = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking}")
+    runs = tmp_path / "runs"
+    line = ["train", "--manifest", "m.parquet", "--storage-path", str(runs), *option]
+    exits(CliRunner().invoke(main, line), 2, message)
+    assert not tracking.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--epochs", "0"), "epochs must be >= 1 (got 0)"),
+        (("--tracks", "4"), "n_tracks must be >= 16 (got 4)"),
+        (("--duration", "1"), "duration_s must be in [2, 600] seconds (got 1)"),
+        (("--real-tracks", "-1"), "real_tracks must be >= 0 (got -1)"),
+    ],
+    ids=["epochs", "tracks", "duration", "real-tracks"],
+)
+def test_demo_refuses_a_value_of_no_use_before_starting_anything(
+    option: tuple[str, str], message: str, tmp_path: Path
+) -> None:
+    """`raytag demo --epochs 0` would otherwise render a catalogue and start MLflow and
+    Ray, to end in "training produced no checkpoint"."""
+    workdir = tmp_path / "demo"
+    line = ["demo", "--workdir", str(workdir), *option]
+    exits(CliRunner().invoke(main, line), 2, message)
+    assert not workdir.exists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raytag.settings import setting
+from raytag.settings import require_at_least, setting
+
+MIN_TRACKS = 16  # the smallest catalogue the demo is tested with (tests/test_demo.py)
 
 
 @dataclass(frozen=True)
@@ -28,3 +30,12 @@ class DemoSettings:
     real_tracks: int = setting(8, "Real music tracks to tag.")
     max_patches: int = setting(8, "Patches per tagged track.")
     seed: int = setting(0, "Seed of the catalogue and the training.")
+
+    def __post_init__(self) -> None:
+        # Checked before the demo starts MLflow, Ray or the catalogue: --epochs 0 would
+        # otherwise end minutes later in "training produced no checkpoint".
+        require_at_least(self, MIN_TRACKS, "n_tracks")
+        require_at_least(self, 1, "epochs", "batch_size", "patches_per_track", "max_patches")
+        require_at_least(self, 0, "real_tracks")
+        if not 2.0 <= self.duration_s <= 600.0:  # what the catalogue renders
+            raise ValueError(f"duration_s must be in [2, 600] seconds (got {self.duration_s:g})")

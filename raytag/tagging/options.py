@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from raytag.settings import none_if_zero, setting
+from raytag.settings import none_if_zero, require_at_least, setting
 from raytag.tagging.output import TagError
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,12 @@ class TagOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("decode_batch_size", "predict_batch_size", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        for name in ("patch_batch_size", "actors", "decode_tasks", "rows_per_execution"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be None (automatic) or >= 1")
-        for name in ("cpus_per_actor", "decode_cpus"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be None (automatic) or >= 0")
+        require_at_least(self, 1, "decode_batch_size", "predict_batch_size", "top_k")
+        require_at_least(
+            self, 1, "patch_batch_size", "actors", "decode_tasks", "rows_per_execution",
+            optional=True,
+        )  # fmt: skip
+        require_at_least(self, 0, "cpus_per_actor", "decode_cpus", optional=True)
         if self.max_patches is not None and self.max_patches < 1:
             raise ValueError("max_patches must be None (all patches) or >= 1")
         if self.decode_on not in DECODE_ON:

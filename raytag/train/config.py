@@ -11,7 +11,7 @@ import torch
 
 from raytag.config import AudioConfig
 from raytag.models import build_model, model_from_config
-from raytag.settings import json_pairs, setting
+from raytag.settings import json_pairs, require_at_least, setting
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class TrainConfig:
     max_failures: int = setting(
         3,
         "Worker failures to survive: each one restarts every worker from the last "
-        "checkpoint; one more ends the run with a TrainingError.",
+        "checkpoint; one more ends the run with a TrainingError (-1: no limit).",
     )
     keep_checkpoints: int = setting(
         2, "Checkpoints kept: the best by validation loss (every epoch's metrics stay)."
@@ -132,6 +132,20 @@ class TrainConfig:
         # Checked here, so that a typo fails before training rather than after it.
         from raytag.evaluate.calibration import check_rule
 
+        require_at_least(
+            self, 1, "epochs", "batch_size", "patches_per_track", "val_patches_per_track",
+            "num_workers", "keep_checkpoints",
+        )  # fmt: skip
+        require_at_least(
+            self, 0, "weight_decay", "early_stopping_patience", "lr_patience",
+            "shuffle_buffer",
+        )  # fmt: skip
+        require_at_least(self, -1, "max_failures")  # -1: Ray Train's "no limit"
+        for name in ("learning_rate", "patch_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if not 0 < self.lr_decay_factor < 1:  # ReduceLROnPlateau's own bounds
+            raise ValueError(f"lr_decay_factor must be in (0, 1) (got {self.lr_decay_factor})")
         check_rule(self.threshold_rule, self.target_precision)
         if self.init_from is None:  # else the overrides meet the model it names, once loaded
             try:
