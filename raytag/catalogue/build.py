@@ -26,6 +26,7 @@ from raytag.storage import arrow_filesystem, filesystem, is_local, join, local_p
 
 GENERATOR_VERSION = 2  # bump when the music changes, so existing catalogues get re-rendered
 META_KEY = b"raytag.catalogue"
+DURATION_RANGE_S = (2.0, 600.0)  # the track lengths a catalogue is rendered at
 
 
 def _assign_splits(n: int, seed: int, splits: tuple[float, float, float]) -> list[str]:
@@ -66,8 +67,9 @@ def synthesize(
     """
     soundfonts = [os.path.abspath(p) for p in soundfonts or DEFAULT_SOUNDFONTS]
     formats = list(formats or CODECS)
-    if n_tracks < 1 or not 2.0 <= duration_s <= 600.0:
-        raise ValueError("need n_tracks >= 1 and 2 <= duration_s <= 600")
+    shortest, longest = DURATION_RANGE_S
+    if n_tracks < 1 or not shortest <= duration_s <= longest:
+        raise ValueError(f"need n_tracks >= 1 and {shortest:g} <= duration_s <= {longest:g}")
     if unknown := set(formats) - set(CODECS):
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {sorted(CODECS)}")
     if missing := [p for p in soundfonts if not os.path.isfile(p)]:

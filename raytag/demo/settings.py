@@ -34,8 +34,14 @@ class DemoSettings:
     def __post_init__(self) -> None:
         # Checked before the demo starts MLflow, Ray or the catalogue: --epochs 0 would
         # otherwise end minutes later in "training produced no checkpoint".
+        from raytag.catalogue.build import DURATION_RANGE_S
+
         require_at_least(self, MIN_TRACKS, "n_tracks")
         require_at_least(self, 1, "epochs", "batch_size", "patches_per_track", "max_patches")
         require_at_least(self, 0, "real_tracks")
-        if not 2.0 <= self.duration_s <= 600.0:  # what the catalogue renders
-            raise ValueError(f"duration_s must be in [2, 600] seconds (got {self.duration_s:g})")
+        shortest, longest = DURATION_RANGE_S
+        if not shortest <= self.duration_s <= longest:
+            raise ValueError(
+                f"duration_s must be in [{shortest:g}, {longest:g}] seconds "
+                f"(got {self.duration_s:g})"
+            )
